@@ -1,0 +1,3 @@
+from capnas.cli import main
+
+main()

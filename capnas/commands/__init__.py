@@ -1,0 +1,5 @@
+"""One module per CLI command group; each exposes `register(app)`."""
+
+from capnas.commands import eval_cmd
+
+COMMAND_MODULES = [eval_cmd]

@@ -1,0 +1,1 @@
+"""capnas.sandbox: how untrusted code runs. Isolation tiers, limits, launcher, in-sandbox harness."""

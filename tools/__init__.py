@@ -1,0 +1,1 @@
+"""capnas.tools: what agents can do. Datasets, vocabularies, metrics, components, training and evaluation jobs."""
