@@ -1,0 +1,288 @@
+"""The run journal: one SQLite file per workspace holding everything too large for graph state.
+
+LangGraph checkpoints every super-step, so state keeps ids, short summaries and metrics only; code, prompts,
+raw LLM responses, contract reports, curves and captions live here. One row per candidate, keyed by the
+normalized hash of its code within a run, so a node that spends (an LLM call, a training job) can ask
+"was this already done?" after a crash and never do it twice.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    status      TEXT NOT NULL,             -- running | finished | stopped | failed
+    stop_reason TEXT,
+    task        TEXT NOT NULL DEFAULT '{}', -- JSON: the typed Task the planner produced
+    config      TEXT NOT NULL DEFAULT '{}'  -- JSON: the run's settings (no secrets)
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    candidate_id TEXT PRIMARY KEY,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    parent_id    TEXT,
+    round        INTEGER NOT NULL,
+    mode         TEXT NOT NULL,            -- code | spec | random
+    code_hash    TEXT NOT NULL,
+    code         TEXT NOT NULL,
+    spec         TEXT,                     -- JSON ArchSpec for spec/random candidates
+    plan         TEXT,                     -- what the planner/coder intended, in a sentence
+    status       TEXT NOT NULL,            -- generated | invalid | valid | trained | failed | duplicate
+    repairs      INTEGER NOT NULL DEFAULT 0,
+    contract     TEXT,                     -- JSON validation report (violations, params, latency)
+    params       INTEGER,
+    hparams      TEXT,                     -- JSON
+    metrics      TEXT,                     -- JSON val metrics from the evaluator
+    curve        TEXT,                     -- JSON learning curve
+    samples      TEXT,                     -- JSON generated captions beside references (a few)
+    exit_reason  TEXT,
+    artifacts    TEXT,                     -- directory with weights and generated ids
+    tokens       INTEGER NOT NULL DEFAULT 0,
+    cost_usd     REAL NOT NULL DEFAULT 0,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    UNIQUE (run_id, code_hash)
+);
+CREATE TABLE IF NOT EXISTS llm_calls (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id        TEXT NOT NULL,
+    candidate_id  TEXT,
+    role          TEXT NOT NULL,
+    prompt        TEXT NOT NULL,
+    response      TEXT NOT NULL,
+    input_tokens  INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd      REAL NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL,
+    candidate_id TEXT,
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS candidates_by_run ON candidates(run_id, round);
+"""
+
+JSON_COLUMNS = {"task", "config", "spec", "contract", "hparams", "metrics", "curve", "samples"}
+
+
+def normalized_code_hash(code: str) -> str:
+    """Hash of the code with comments and formatting removed, so cosmetic edits count as the same model."""
+    try:
+        canonical = ast.unparse(ast.parse(code))
+    except SyntaxError:
+        canonical = "\n".join(line.rstrip() for line in code.strip().splitlines())
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A read-only view of one candidate row, JSON columns decoded."""
+
+    row: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.row[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Journal:
+    """Thin access layer over the journal file. Safe to share between threads: each call opens its own
+    short-lived connection (SQLite in WAL mode lets readers and one writer proceed together)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:  # commits on success, rolls back on error
+                yield db
+        finally:
+            db.close()
+
+    # -- runs ---------------------------------------------------------------------------------------
+    def create_run(self, task: dict, config: dict, run_id: str | None = None) -> str:
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs(run_id, created_at, updated_at, status, task, config) VALUES (?,?,?,?,?,?)",
+                (run_id, now, now, "running", json.dumps(task), json.dumps(config)),
+            )
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _decode(row) if row else None
+
+    def set_run_status(self, run_id: str, status: str, stop_reason: str | None = None) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, stop_reason = COALESCE(?, stop_reason), updated_at = ? WHERE run_id = ?",
+                (status, stop_reason, time.time(), run_id),
+            )
+
+    def update_run_task(self, run_id: str, task: dict) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE runs SET task = ?, updated_at = ? WHERE run_id = ?", (json.dumps(task), time.time(), run_id))
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created_at DESC").fetchall()
+        return [_decode(r) for r in rows]
+
+    # -- candidates ---------------------------------------------------------------------------------
+    def add_candidate(
+        self,
+        run_id: str,
+        code: str,
+        *,
+        round: int,
+        mode: str,
+        parent_id: str | None = None,
+        spec: dict | None = None,
+        plan: str | None = None,
+        candidate_id: str | None = None,
+    ) -> tuple[Candidate, bool]:
+        """Insert a candidate unless the same normalized code already exists in this run.
+        Returns (candidate, created): created is False when an identical candidate was found."""
+        code_hash = normalized_code_hash(code)
+        existing = self.find_by_hash(run_id, code_hash)
+        if existing is not None:
+            return existing, False
+        candidate_id = candidate_id or f"c{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO candidates(candidate_id, run_id, parent_id, round, mode, code_hash, code, spec, plan,
+                   status, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (candidate_id, run_id, parent_id, round, mode, code_hash, code,
+                 json.dumps(spec) if spec is not None else None, plan, "generated", now, now),
+            )
+        return self.get_candidate(candidate_id), True
+
+    def find_by_hash(self, run_id: str, code_hash: str) -> Candidate | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM candidates WHERE run_id = ? AND code_hash = ?", (run_id, code_hash)
+            ).fetchone()
+        return Candidate(_decode(row)) if row else None
+
+    def get_candidate(self, candidate_id: str) -> Candidate:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM candidates WHERE candidate_id = ?", (candidate_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no candidate {candidate_id!r} in journal {self.path}")
+        return Candidate(_decode(row))
+
+    def update_candidate(self, candidate_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        unknown = set(fields) - CANDIDATE_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown candidate fields: {sorted(unknown)}")
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        values = [json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in fields.items()]
+        with self._connect() as db:
+            db.execute(
+                f"UPDATE candidates SET {cols}, updated_at = ? WHERE candidate_id = ?",
+                (*values, time.time(), candidate_id),
+            )
+
+    def candidates(self, run_id: str) -> list[Candidate]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM candidates WHERE run_id = ? ORDER BY round, created_at", (run_id,)
+            ).fetchall()
+        return [Candidate(_decode(r)) for r in rows]
+
+    def leaderboard(self, run_id: str | None = None, metric: str = "cider") -> list[Candidate]:
+        """Trained candidates, best first by the given val metric (runs compared side by side when
+        run_id is None)."""
+        with self._connect() as db:
+            query = "SELECT * FROM candidates WHERE status = 'trained'"
+            rows = db.execute(query + (" AND run_id = ?" if run_id else ""), (run_id,) if run_id else ()).fetchall()
+        cands = [Candidate(_decode(r)) for r in rows]
+        return sorted(cands, key=lambda c: (c.metrics or {}).get(metric, float("-inf")), reverse=True)
+
+    # -- llm calls and events -----------------------------------------------------------------------
+    def log_llm_call(
+        self,
+        run_id: str,
+        role: str,
+        prompt: str,
+        response: str,
+        *,
+        candidate_id: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO llm_calls(run_id, candidate_id, role, prompt, response, input_tokens, output_tokens,
+                   cost_usd, created_at) VALUES (?,?,?,?,?,?,?,?,?)""",
+                (run_id, candidate_id, role, prompt, response, input_tokens, output_tokens, cost_usd, time.time()),
+            )
+
+    def usage(self, run_id: str) -> dict[str, dict[str, float]]:
+        """Tokens and cost per role for a run, summed from the logged calls."""
+        with self._connect() as db:
+            rows = db.execute(
+                """SELECT role, SUM(input_tokens) AS i, SUM(output_tokens) AS o, SUM(cost_usd) AS c, COUNT(*) AS n
+                   FROM llm_calls WHERE run_id = ? GROUP BY role""",
+                (run_id,),
+            ).fetchall()
+        return {r["role"]: {"input_tokens": r["i"], "output_tokens": r["o"], "cost_usd": r["c"], "calls": r["n"]} for r in rows}
+
+    def log_event(self, run_id: str, kind: str, payload: dict, candidate_id: str | None = None) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO events(run_id, candidate_id, kind, payload, created_at) VALUES (?,?,?,?,?)",
+                (run_id, candidate_id, kind, json.dumps(payload), time.time()),
+            )
+
+    def events(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            sql = "SELECT * FROM events WHERE run_id = ?" + (" AND kind = ?" if kind else "") + " ORDER BY id"
+            rows = db.execute(sql, (run_id, kind) if kind else (run_id,)).fetchall()
+        return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
+
+
+CANDIDATE_COLUMNS = {
+    "parent_id", "status", "repairs", "contract", "params", "hparams", "metrics", "curve", "samples",
+    "exit_reason", "artifacts", "tokens", "cost_usd", "code", "code_hash", "plan", "spec",
+}
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in JSON_COLUMNS & out.keys():
+        if out[key] is not None:
+            out[key] = json.loads(out[key])
+    return out

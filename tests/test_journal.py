@@ -1,0 +1,79 @@
+"""The run journal on a real SQLite file: dedup by normalized code, JSON round trips, leaderboard, usage."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from capnas.graph.journal import Journal, normalized_code_hash
+
+CODE = "def f(x):\n    return x + 1\n"
+
+
+def test_normalized_hash_ignores_comments_and_formatting() -> None:
+    cosmetic = "# a comment\ndef f( x ):\n    return (x + 1)  # same thing\n"
+    assert normalized_code_hash(cosmetic) == normalized_code_hash(CODE)
+    assert normalized_code_hash("def f(x):\n    return x + 2\n") != normalized_code_hash(CODE)
+
+
+def test_identical_candidate_is_not_added_twice(tmp_path) -> None:
+    j = Journal(tmp_path / "journal.sqlite")
+    run = j.create_run({"dataset": "shapes"}, {"generation": "spec"})
+    first, created = j.add_candidate(run, CODE, round=0, mode="spec")
+    again, created_again = j.add_candidate(run, "def f(x):  return x+1", round=1, mode="code")
+    assert created and not created_again
+    assert again.candidate_id == first.candidate_id
+    assert len(j.candidates(run)) == 1
+    # A different run may hold the same code.
+    other = j.create_run({}, {})
+    _, created_other = j.add_candidate(other, CODE, round=0, mode="spec")
+    assert created_other
+
+
+def test_json_columns_round_trip_and_leaderboard_order(tmp_path) -> None:
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    run = j.create_run({}, {})
+    scores = {"a": 0.4, "b": 1.2, "c": 0.9}
+    for name, cider in scores.items():
+        cand, _ = j.add_candidate(run, f"X = {name!r}\n", round=0, mode="random")
+        j.update_candidate(cand.candidate_id, status="trained", metrics={"cider": cider}, curve=[{"epoch": 1}])
+    failed, _ = j.add_candidate(run, "Y = 1\n", round=0, mode="random")
+    j.update_candidate(failed.candidate_id, status="failed", exit_reason="wall_timeout")
+
+    board = j.leaderboard(run)
+    assert [c.metrics["cider"] for c in board] == [1.2, 0.9, 0.4]
+    assert board[0].curve == [{"epoch": 1}]
+    # The file is a plain SQLite database in WAL mode that other tools can read.
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT COUNT(*) FROM candidates WHERE status='failed'").fetchone()[0] == 1
+
+
+def test_unknown_field_is_rejected(tmp_path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    run = j.create_run({}, {})
+    cand, _ = j.add_candidate(run, CODE, round=0, mode="spec")
+    with pytest.raises(ValueError, match="scoer"):
+        j.update_candidate(cand.candidate_id, scoer=1)
+
+
+def test_usage_sums_per_role_and_concurrent_writers(tmp_path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    run = j.create_run({}, {})
+
+    def write(role: str) -> None:
+        for _ in range(20):
+            j.log_llm_call(run, role, "p", "r", input_tokens=10, output_tokens=5, cost_usd=0.001)
+
+    threads = [threading.Thread(target=write, args=(role,)) for role in ("coder", "critic", "coder")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    usage = j.usage(run)
+    assert usage["coder"]["calls"] == 40 and usage["coder"]["input_tokens"] == 400
+    assert usage["critic"]["output_tokens"] == 100
+    assert usage["critic"]["cost_usd"] == pytest.approx(0.02)
