@@ -10,6 +10,12 @@ from pydantic import BaseModel, Field
 
 Entry = Literal["probe", "train", "generate", "script"]
 
+# Files in the scratch dir that the launcher and the harness agree on.
+JOB_FILE = "job.json"  # HarnessInput, written by the launcher
+CANDIDATE_FILE = "candidate.py"  # the model code under test (entries probe, train, generate)
+RESULT_FILE = "result.json"  # the entry's return value, written atomically by the harness
+EXIT_CONFINEMENT_FAILED = 121  # harness exit status when it could not put up the walls it was asked for
+
 ExitReason = str  # ok | exit_N | wall_timeout | cpu_limit | oom_killed | rss_watchdog | file_size_limit | signal_N
 
 
@@ -22,6 +28,9 @@ class Limits(BaseModel):
     pids: int = 256
     file_size_mb: int = 1024
     tmp_mb: int = 256
+    # Total bytes the job may leave in scratch (many files each under file_size_mb can still fill a disk);
+    # checked by the launcher's watchdog about once a second.
+    scratch_mb: int | None = 8192
 
 
 class Job(BaseModel):
@@ -51,7 +60,29 @@ class SandboxResult(BaseModel):
     result: dict[str, Any] | None = None  # the harness's result.json, when it wrote one
     tier: str  # "A", "B" or "C"
     layers: list[str] = Field(default_factory=list)
+    peak_memory_mb: float | None = None  # the cgroup's peak (page cache and tmpfs included), when one was used
+    cpu_s: float | None = None  # user + system CPU seconds of the whole process tree that was waited for
 
     @property
     def ok(self) -> bool:
         return self.exit_reason == "ok"
+
+
+class Confinement(BaseModel):
+    """What the harness applies to itself before it touches any untrusted code (written by the launcher)."""
+
+    run_as_uid: int | None = None  # drop to this uid/gid (per-run uid when the launcher runs as root)
+    run_as_gid: int | None = None
+    drop_caps: bool = False  # stay uid 0 but give up every capability (root without a traversable uid)
+    landlock: bool = False
+    read_paths: list[str] = Field(default_factory=list)  # as seen inside the sandbox
+    write_paths: list[str] = Field(default_factory=list)
+    seccomp: bool = False
+    rlimits: dict[str, tuple[int, int]] = Field(default_factory=dict)  # "RLIMIT_CPU" -> (soft, hard)
+
+
+class HarnessInput(BaseModel):
+    """The content of `<scratch>/job.json`: the job and the walls the harness puts up around it."""
+
+    job: Job
+    confinement: Confinement = Field(default_factory=Confinement)
