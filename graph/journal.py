@@ -52,14 +52,14 @@ CREATE TABLE IF NOT EXISTS candidates (
     tokens       INTEGER NOT NULL DEFAULT 0,
     cost_usd     REAL NOT NULL DEFAULT 0,
     created_at   REAL NOT NULL,
-    updated_at   REAL NOT NULL,
-    UNIQUE (run_id, code_hash)
+    updated_at   REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS llm_calls (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id        TEXT NOT NULL,
     candidate_id  TEXT,
     role          TEXT NOT NULL,
+    key           TEXT,                    -- e.g. coder:r003:1; a resumed node replays the stored answer
     prompt        TEXT NOT NULL,
     response      TEXT NOT NULL,
     input_tokens  INTEGER NOT NULL DEFAULT 0,
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS events (
     created_at   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS candidates_by_run ON candidates(run_id, round);
+CREATE INDEX IF NOT EXISTS candidates_by_hash ON candidates(run_id, code_hash);
 """
 
 JSON_COLUMNS = {"task", "config", "spec", "contract", "hparams", "metrics", "curve", "samples"}
@@ -168,28 +169,48 @@ class Journal:
         spec: dict | None = None,
         plan: str | None = None,
         candidate_id: str | None = None,
-    ) -> tuple[Candidate, bool]:
-        """Insert a candidate unless the same normalized code already exists in this run.
-        Returns (candidate, created): created is False when an identical candidate was found."""
-        code_hash = normalized_code_hash(code)
-        existing = self.find_by_hash(run_id, code_hash)
-        if existing is not None:
-            return existing, False
+    ) -> Candidate:
+        """Record a candidate. Code identical (after normalization) to an earlier candidate of the run is
+        recorded with status 'duplicate' naming its twin, and is never validated or trained. Adding an id that
+        already exists returns the stored row unchanged (a resumed node)."""
         candidate_id = candidate_id or f"c{uuid.uuid4().hex[:8]}"
+        try:
+            return self.get_candidate(candidate_id)
+        except KeyError:
+            pass
+        code_hash = normalized_code_hash(code)
+        twin = self.find_by_hash(run_id, code_hash)
+        status, reason = ("duplicate", f"identical to {twin.candidate_id}") if twin else ("generated", None)
         now = time.time()
         with self._connect() as db:
             db.execute(
                 """INSERT INTO candidates(candidate_id, run_id, parent_id, round, mode, code_hash, code, spec, plan,
-                   status, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)""",
+                   status, exit_reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (candidate_id, run_id, parent_id, round, mode, code_hash, code,
-                 json.dumps(spec) if spec is not None else None, plan, "generated", now, now),
+                 json.dumps(spec) if spec is not None else None, plan, status, reason, now, now),
             )
-        return self.get_candidate(candidate_id), True
+        return self.get_candidate(candidate_id)
 
-    def find_by_hash(self, run_id: str, code_hash: str) -> Candidate | None:
+    def replace_code(self, candidate_id: str, code: str, *, spec: dict | None, plan: str | None, repairs: int) -> Candidate:
+        """A repair: new code for the same candidate, checked for duplicates like a new one."""
+        cand = self.get_candidate(candidate_id)
+        code_hash = normalized_code_hash(code)
+        twin = self.find_by_hash(cand.run_id, code_hash, exclude=candidate_id)
+        self.log_event(cand.run_id, "repair", {"previous_code": cand.code, "contract": cand.contract}, candidate_id)
+        self.update_candidate(
+            candidate_id, code=code, code_hash=code_hash, spec=spec, plan=plan, repairs=repairs,
+            status="duplicate" if twin else "generated", exit_reason=f"identical to {twin.candidate_id}" if twin else None,
+            contract=None, params=None,
+        )
+        return self.get_candidate(candidate_id)
+
+    def find_by_hash(self, run_id: str, code_hash: str, exclude: str | None = None) -> Candidate | None:
+        """The earliest non-duplicate candidate of the run with this normalized code hash."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM candidates WHERE run_id = ? AND code_hash = ?", (run_id, code_hash)
+                """SELECT * FROM candidates WHERE run_id = ? AND code_hash = ? AND status != 'duplicate'
+                   AND candidate_id != ? ORDER BY created_at LIMIT 1""",
+                (run_id, code_hash, exclude or ""),
             ).fetchone()
         return Candidate(_decode(row)) if row else None
 
@@ -239,16 +260,25 @@ class Journal:
         response: str,
         *,
         candidate_id: str | None = None,
+        key: str | None = None,
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_usd: float = 0.0,
     ) -> None:
         with self._connect() as db:
             db.execute(
-                """INSERT INTO llm_calls(run_id, candidate_id, role, prompt, response, input_tokens, output_tokens,
-                   cost_usd, created_at) VALUES (?,?,?,?,?,?,?,?,?)""",
-                (run_id, candidate_id, role, prompt, response, input_tokens, output_tokens, cost_usd, time.time()),
+                """INSERT INTO llm_calls(run_id, candidate_id, role, key, prompt, response, input_tokens, output_tokens,
+                   cost_usd, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)""",
+                (run_id, candidate_id, role, key, prompt, response, input_tokens, output_tokens, cost_usd, time.time()),
             )
+
+    def recorded_response(self, run_id: str, key: str) -> str | None:
+        """The stored answer of an LLM call made before a crash, so a resumed node does not pay for it twice."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT response FROM llm_calls WHERE run_id = ? AND key = ? ORDER BY id DESC LIMIT 1", (run_id, key)
+            ).fetchone()
+        return row["response"] if row else None
 
     def usage(self, run_id: str) -> dict[str, dict[str, float]]:
         """Tokens and cost per role for a run, summed from the logged calls."""

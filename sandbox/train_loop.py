@@ -101,6 +101,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op CPU threads. On a shared machine, one per core can be many times slower than one."""
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -210,7 +216,8 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
 
     args: vocab_size (required), hparams {}, epochs 10, time_budget_s (total over resumes; none by default),
     batch_size 32, seed 0, bf16 True (CUDA only), eval_every 1 (epochs between val generations; the last epoch
-    always generates), log_every 20 (batches between `step` events).
+    always generates), log_every 20 (batches between `step` events), threads (torch's CPU threads; None: torch's
+    default, one per core).
     Resumes after the last committed epoch when `checkpoint.pt` exists. Returns the JSON-able result."""
     t0 = time.perf_counter()
     dev = torch.device(device)
@@ -219,6 +226,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     budget_s = float(args["time_budget_s"]) if args.get("time_budget_s") is not None else math.inf
     eval_every, log_every = max(1, int(args.get("eval_every", 1))), max(1, int(args.get("log_every", 20)))
     autocast = bool(args.get("bf16", True)) and dev.type == "cuda"
+    set_threads(args.get("threads"))
 
     train_split = prepared.load_split(data_dir, "train")
     images, captions = place(train_split.images, dev), place(train_split.captions, dev)
@@ -238,7 +246,8 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     done_epoch, curve, spent_s = 0, [], 0.0
     ckpt_path = scratch / CHECKPOINT_FILE
     if ckpt_path.exists():  # resume: continue after the last committed epoch
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state over.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         load_optimizer_states(model, ckpt["optimizers"])
         set_rng_state(ckpt["rng"])
@@ -295,9 +304,11 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
 def generate(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, device: str = "cpu") -> dict[str, Any]:
     """Ids for one split's images from saved weights (the test split: only a final model ever sees it).
 
-    args: split, weights (a file in scratch), vocab_size, max_len, hparams {}, batch_size 64, seed 0, bf16 True."""
+    args: split, weights (a file in scratch), vocab_size, max_len, hparams {}, batch_size 64, seed 0, bf16 True,
+    threads None."""
     t0 = time.perf_counter()
     dev = torch.device(device)
+    set_threads(args.get("threads"))
     split = str(args["split"])
     images = place(prepared.load_images(data_dir, split), dev)
     _, _, h, w = images.shape

@@ -18,18 +18,24 @@ def test_normalized_hash_ignores_comments_and_formatting() -> None:
     assert normalized_code_hash("def f(x):\n    return x + 2\n") != normalized_code_hash(CODE)
 
 
-def test_identical_candidate_is_not_added_twice(tmp_path) -> None:
+def test_identical_candidate_is_recorded_as_a_duplicate_of_its_twin(tmp_path) -> None:
     j = Journal(tmp_path / "journal.sqlite")
     run = j.create_run({"dataset": "shapes"}, {"generation": "spec"})
-    first, created = j.add_candidate(run, CODE, round=0, mode="spec")
-    again, created_again = j.add_candidate(run, "def f(x):  return x+1", round=1, mode="code")
-    assert created and not created_again
-    assert again.candidate_id == first.candidate_id
-    assert len(j.candidates(run)) == 1
+    first = j.add_candidate(run, CODE, round=0, mode="spec", candidate_id="r000")
+    again = j.add_candidate(run, "def f(x):  return x+1", round=1, mode="code", candidate_id="r001")
+    assert first.status == "generated"
+    assert again.status == "duplicate" and again.exit_reason == "identical to r000"
+    # Adding an existing id (a resumed node) returns the stored row and inserts nothing.
+    assert j.add_candidate(run, "X = 2", round=0, mode="spec", candidate_id="r000").code == CODE
+    assert len(j.candidates(run)) == 2
+    # A repair that lands on another candidate's code is a duplicate too; one that does not is generated.
+    third = j.add_candidate(run, "Z = 3", round=2, mode="code", candidate_id="r002")
+    assert j.replace_code(third.candidate_id, CODE, spec=None, plan=None, repairs=1).status == "duplicate"
+    assert j.replace_code(third.candidate_id, "Z = 4", spec=None, plan=None, repairs=2).status == "generated"
+    assert [e["payload"]["previous_code"] for e in j.events(run, "repair")] == ["Z = 3", CODE]
     # A different run may hold the same code.
     other = j.create_run({}, {})
-    _, created_other = j.add_candidate(other, CODE, round=0, mode="spec")
-    assert created_other
+    assert j.add_candidate(other, CODE, round=0, mode="spec").status == "generated"
 
 
 def test_json_columns_round_trip_and_leaderboard_order(tmp_path) -> None:
@@ -38,9 +44,9 @@ def test_json_columns_round_trip_and_leaderboard_order(tmp_path) -> None:
     run = j.create_run({}, {})
     scores = {"a": 0.4, "b": 1.2, "c": 0.9}
     for name, cider in scores.items():
-        cand, _ = j.add_candidate(run, f"X = {name!r}\n", round=0, mode="random")
+        cand = j.add_candidate(run, f"X = {name!r}\n", round=0, mode="random")
         j.update_candidate(cand.candidate_id, status="trained", metrics={"cider": cider}, curve=[{"epoch": 1}])
-    failed, _ = j.add_candidate(run, "Y = 1\n", round=0, mode="random")
+    failed = j.add_candidate(run, "Y = 1\n", round=0, mode="random")
     j.update_candidate(failed.candidate_id, status="failed", exit_reason="wall_timeout")
 
     board = j.leaderboard(run)
@@ -55,7 +61,7 @@ def test_json_columns_round_trip_and_leaderboard_order(tmp_path) -> None:
 def test_unknown_field_is_rejected(tmp_path) -> None:
     j = Journal(tmp_path / "j.sqlite")
     run = j.create_run({}, {})
-    cand, _ = j.add_candidate(run, CODE, round=0, mode="spec")
+    cand = j.add_candidate(run, CODE, round=0, mode="spec")
     with pytest.raises(ValueError, match="scoer"):
         j.update_candidate(cand.candidate_id, scoer=1)
 
@@ -77,3 +83,13 @@ def test_usage_sums_per_role_and_concurrent_writers(tmp_path) -> None:
     assert usage["coder"]["calls"] == 40 and usage["coder"]["input_tokens"] == 400
     assert usage["critic"]["output_tokens"] == 100
     assert usage["critic"]["cost_usd"] == pytest.approx(0.02)
+
+
+def test_recorded_response_replays_the_last_answer_for_a_key(tmp_path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    run = j.create_run({}, {})
+    assert j.recorded_response(run, "coder:r000:0") is None
+    j.log_llm_call(run, "coder", "p", "first", key="coder:r000:0")
+    j.log_llm_call(run, "coder", "p", "second", key="coder:r000:0")
+    j.log_llm_call(run, "coder", "p", "other", key="coder:r001:0")
+    assert j.recorded_response(run, "coder:r000:0") == "second"

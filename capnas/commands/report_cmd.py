@@ -1,0 +1,105 @@
+"""`capnas report RUN_ID`: the run's self-contained HTML report, the best model's card and its export.
+
+This is where the journal is read for the reports: `read_run` turns the run's rows into a plain `RunRecord`,
+and everything below it (`capnas.tools.report`, `html_report`, `model_card`, `export`) works from that record
+and the files the training jobs wrote, never from the journal itself (tools do not import graph).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from capnas.tools.report import RunRecord
+
+DEFAULT_WORKSPACE = ".capnas"
+# The name `capnas.graph.services.journal_path` gives it (that module imports LangChain: seconds to load).
+JOURNAL_FILE = "journal.sqlite"
+
+
+def read_run(workspace: str | Path, run_id: str) -> RunRecord:
+    """The run's journal rows as a `RunRecord`: the run, its candidates, the leaderboard by the run's objective,
+    LLM usage, and the parsed planner/critic answers the model card quotes. Raises UnknownRunError (naming the
+    journal and the recent runs) when there is no such run."""
+    from capnas.graph.journal import Journal
+    from capnas.tools.report import RunRecord, UnknownRunError
+
+    path = Path(workspace) / JOURNAL_FILE
+    if not path.is_file():
+        raise UnknownRunError(f"no run journal at {path}: pass the workspace of the run with --workspace")
+    journal = Journal(path)
+    run = journal.get_run(run_id)
+    if run is None:
+        recent = [r["run_id"] for r in journal.list_runs()[:5]]
+        raise UnknownRunError(f"no run {run_id!r} in {path} (recent runs: {', '.join(recent) or 'none'})")
+    candidates = journal.candidates(run_id)
+    objective = (run.get("task") or {}).get("objective", "cider")
+    keys = {f"planner:round{c.round}" for c in candidates} | {f"critic:{c.candidate_id}" for c in candidates}
+    answers = {}
+    for key in sorted(keys):
+        raw = journal.recorded_response(run_id, key)
+        if raw is None:
+            continue
+        try:
+            parsed = json.loads(raw).get("parsed")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(parsed, dict):
+            answers[key] = parsed
+    return RunRecord(run=run, candidates=[dict(c.row) for c in candidates],
+                     leaderboard=[c.candidate_id for c in journal.leaderboard(run_id, objective)],
+                     usage=journal.usage(run_id), answers=answers)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report_command(
+        run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run to report on (`capnas runs` lists them)."),
+        workspace: Path = typer.Option(
+            Path(DEFAULT_WORKSPACE), "--workspace", "--run-dir", metavar="DIR",
+            help="Workspace holding the run's journal and run dirs."),
+        out: Path | None = typer.Option(
+            None, "--out", metavar="FILE", help="Where to write the HTML page (default: DIR/runs/RUN_ID/report.html)."),
+        export: bool = typer.Option(
+            True, "--export/--no-export", help="Also export the best model to DIR/runs/RUN_ID/model/."),
+        layers: bool = typer.Option(
+            True, "--layers/--no-layers",
+            help="Measure the best model's layer table (builds it inside the sandbox; a few seconds)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the written paths as one JSON object."),
+    ) -> None:
+        """Write RUN_ID's self-contained HTML report, the best model's card, and export the best model.
+
+        The page (no network needed to view it) holds the leaderboard, learning curves, validation images with
+        generated and reference captions, the search tree, every candidate's contract report and the model card.
+
+        Exit status: 0 written, 2 no such run or workspace, 1 the report could not be made."""
+        from capnas.tools.report import ReportError, UnknownRunError, write_report_bundle
+
+        def fail(message: str, code: int) -> NoReturn:
+            typer.echo(f"capnas report: {message}", err=True)
+            raise typer.Exit(code)
+
+        try:
+            record = read_run(workspace, run_id)
+        except UnknownRunError as exc:
+            fail(str(exc), 2)
+        try:
+            files = write_report_bundle(record, workspace, out=out, export=export, layer_probe=layers)
+        except ReportError as exc:
+            fail(str(exc), 1)
+        paths = {"html": str(files.html), "model_card": str(files.model_card) if files.model_card else None,
+                 "model_dir": str(files.model_dir) if files.model_dir else None}
+        if as_json:
+            typer.echo(json.dumps(paths))
+            return
+        typer.echo(f"report: {files.html}")
+        if files.model_card:
+            typer.echo(f"model card: {files.model_card}")
+        if files.model_dir:
+            typer.echo(f"exported model: {files.model_dir}  (try: capnas caption {files.model_dir} IMAGE...)")
+        if not files.model_card:
+            typer.echo("no trained candidate in this run: no model card, nothing exported", err=True)

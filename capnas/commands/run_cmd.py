@@ -1,0 +1,201 @@
+"""`capnas run`, `capnas resume`, `capnas runs`: headless design runs (scripts, clusters, CI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _progress_printer(json_mode: bool):
+    """One line per event on stderr (stdout stays clean for --json)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+
+    def on_event(e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        if kind == "candidate":
+            extra = ""
+            if e.get("violations"):
+                extra = " violations: " + ", ".join(e["violations"][:5])
+            if e.get("metrics"):
+                extra = " " + " ".join(f"{k}={v:.3f}" for k, v in e["metrics"].items() if isinstance(v, float))
+            if e.get("plan"):
+                extra += f" [dim]{e['plan']}[/dim]"
+            console.print(f"  {e['candidate_id']}: {e['status']}{extra}")
+        elif kind == "train" and e.get("phase") == "epoch":
+            loss = e.get("loss")
+            console.print(f"    epoch {e.get('epoch')}: loss={loss:.3f}" if isinstance(loss, float) else
+                          f"    epoch {e.get('epoch')}: loss=n/a")
+        elif kind == "train" and e.get("phase") == "val":
+            console.print(f"    epoch {e.get('epoch')}: val cider={e.get('cider', float('nan')):.3f}")
+        elif kind == "round":
+            console.print(f"[bold]round {e['round']}[/bold]: {', '.join(e['plan']['encoders'][:2])} × {', '.join(e['plan']['decoders'][:2])}")
+        elif kind == "critic" and e.get("feedback"):
+            console.print(f"  critic ({e['decision']}): {e['feedback']}")
+        elif kind == "done":
+            console.print(f"[bold]done[/bold]: {e['status']} ({e['stop_reason']})")
+
+    return on_event
+
+
+def _log_to_file(run_dir: str) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=Path(run_dir) / "capnas.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _finish(summary: dict[str, Any], json_mode: bool) -> None:
+    if json_mode:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        from rich.console import Console
+
+        best = summary["best"]
+        line = f"run {summary['run_id']}: {summary['status']} ({summary.get('stop_reason')}), " \
+               f"{summary['candidates']} candidates, {summary['valid']} valid, {summary['trained']} trained"
+        Console().print(line)
+        if best:
+            Console().print(f"best {best['candidate_id']}: " + " ".join(
+                f"{k}={v:.3f}" for k, v in (best["metrics"] or {}).items() if isinstance(v, float)))
+    raise typer.Exit(EXIT_OK if summary["status"] in ("finished", "stopped") else EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file; every flag below is a key."),
+        requirement: Optional[str] = typer.Option(None, "--requirement", help="What you need, in your words."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="shapes, shapes:N, or a Karpathy/COCO json."),
+        images: Optional[str] = typer.Option(None, "--images", help="Image folder for a json dataset."),
+        generation: Optional[str] = typer.Option(None, "--generation", help="code | spec | random."),
+        llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint."),
+        llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name at that endpoint."),
+        llm_api_key_env: Optional[str] = typer.Option(None, "--llm-api-key-env", help="Env var holding the key."),
+        max_candidates: Optional[int] = typer.Option(None, "--max-candidates", help="Candidates in the whole run."),
+        time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Minutes for the whole run."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs per candidate."),
+        train_time: Optional[float] = typer.Option(None, "--train-time", help="Seconds of training per candidate."),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="LLM token budget."),
+        max_cost_usd: Optional[float] = typer.Option(None, "--max-cost-usd", help="LLM money budget."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Workspace for journal and artifacts."),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        run_id: Optional[str] = typer.Option(None, "--run-id", help="Name the run (default: time and a random suffix)."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
+    ) -> None:
+        """Run a design search headless; resumable with `capnas resume RUN_ID`."""
+        from capnas import runner
+        from capnas.settings import RunSettings, SettingsError
+
+        overrides = dict(requirement=requirement, dataset=dataset, images=images, generation=generation,
+                         llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,
+                         max_candidates=max_candidates, time_budget=time_budget, epochs=epochs, train_time=train_time,
+                         max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed)
+        try:
+            settings = RunSettings.load(config, overrides)
+        except SettingsError as err:
+            typer.echo(f"capnas run: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        models = settings.models()
+        if models is None and settings.generation != "random":
+            typer.echo("capnas run: no LLM configured: pass --llm-base-url/--llm-model (any OpenAI-compatible server) "
+                       "or use --generation random", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        _log_to_file(settings.run_dir)
+        ctx = settings.context(models)
+        try:
+            summary = runner.start(ctx, settings.task().model_dump(), settings.requirement, run_id=run_id,
+                                   on_event=_progress_printer(json_out))
+        except runner.RunError as err:
+            typer.echo(f"capnas run: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
+        _finish(summary, json_out)
+
+    @app.command("resume")
+    def resume(
+        run_id: str = typer.Argument(..., help="The run to continue."),
+        run_dir: str = typer.Option(".capnas", "--run-dir", help="Workspace holding the run."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
+    ) -> None:
+        """Continue a run after a crash, without redoing finished candidates."""
+        from capnas import runner
+
+        try:
+            summary = runner.resume(run_dir, run_id, on_event=_progress_printer(json_out))
+        except runner.RunError as err:
+            typer.echo(f"capnas resume: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
+        _finish(summary, json_out)
+
+    @app.command("runs")
+    def runs(
+        run_dir: str = typer.Option(".capnas", "--run-dir", help="Workspace holding the runs."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    ) -> None:
+        """List runs with their status and best score."""
+        from capnas import runner
+        from capnas.graph.journal import Journal
+        from capnas.graph.services import journal_path
+
+        if not journal_path(run_dir).exists():
+            typer.echo(f"capnas runs: no journal in {run_dir} (start one with `capnas run`)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        rows = [runner.summarize(run_dir, r["run_id"]) for r in Journal(journal_path(run_dir)).list_runs()]
+        if json_out:
+            typer.echo(json.dumps(rows))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("run", "status", "candidates", "trained", "best", "cider")
+        for r in rows:
+            best = r["best"] or {}
+            table.add_row(r["run_id"], r["status"], str(r["candidates"]), str(r["trained"]),
+                          best.get("candidate_id", "-"), f"{(best.get('metrics') or {}).get('cider', float('nan')):.3f}")
+        Console().print(table)
+
+    @app.command("leaderboard")
+    def leaderboard(
+        run_ids: Optional[list[str]] = typer.Argument(None, help="Runs to compare (default: every run)."),
+        run_dir: str = typer.Option(".capnas", "--run-dir", help="Workspace holding the runs."),
+        metric: str = typer.Option("cider", "--metric", help="Val metric to rank by."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    ) -> None:
+        """Trained candidates of one or more runs, best first: how a guided search compares with `random`."""
+        from capnas.graph.journal import Journal
+        from capnas.graph.services import journal_path
+        from capnas.tools.metrics import METRIC_KEYS
+
+        if not journal_path(run_dir).exists():
+            typer.echo(f"capnas leaderboard: no journal in {run_dir} (start one with `capnas run`)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        if metric not in METRIC_KEYS:
+            typer.echo(f"capnas leaderboard: unknown metric {metric!r}; use one of {', '.join(METRIC_KEYS)}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        journal = Journal(journal_path(run_dir))
+        known = {r["run_id"] for r in journal.list_runs()}
+        if missing := [r for r in run_ids or [] if r not in known]:
+            typer.echo(f"capnas leaderboard: no run {', '.join(missing)} in {run_dir} (see `capnas runs`)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        rows = [{"run_id": c.run_id, "candidate_id": c.candidate_id, "mode": c.mode, "model": c.plan,
+                 "params": c.params, "metrics": c.metrics}
+                for c in journal.leaderboard(None, metric) if not run_ids or c.run_id in run_ids]
+        if json_out:
+            typer.echo(json.dumps(rows))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("rank", "candidate", "mode", "model", "params", *METRIC_KEYS)
+        for i, r in enumerate(rows, 1):
+            table.add_row(str(i), r["candidate_id"], r["mode"], r["model"] or "", f"{r['params'] or 0:,}",
+                          *(f"{r['metrics'].get(k, float('nan')):.3f}" for k in METRIC_KEYS))
+        Console().print(table)

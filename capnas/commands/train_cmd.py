@@ -1,0 +1,268 @@
+"""`capnas train FILE.py --dataset SPEC`: train one model file in the sandbox and score it on the val split.
+
+Exit status: 0 trained, 1 the training failed (the candidate crashed, was killed, or scoring failed), 2 bad input
+or no sandbox to train in. The run dir holds the job (weights, ids, captions, `train_result.json`); running the
+same command again returns the stored result, or resumes a job that was interrupted."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from capnas.commands.eval_cmd import METRIC_LABELS
+from capnas.tools.task import Task
+
+_TASK = Task.model_fields
+_HP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_hparams(items: list[str], declared: set[str] | None) -> dict[str, Any]:
+    """`["lr=1e-3", "dropout=0.2"]` -> {"lr": 0.001, "dropout": 0.2}. Values are JSON where they parse as JSON
+    (numbers, true/false, null, lists), else strings. Raises ValueError naming the offending entry."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not _HP_NAME.fullmatch(name) or not raw.strip():
+            raise ValueError(f"--hp {item!r}: expected NAME=VALUE, e.g. --hp lr=1e-3")
+        if name == "max_len":
+            raise ValueError(f"--hp {item!r}: max_len is the task's caption length; set it with --max-len")
+        if declared is not None and name not in declared:
+            raise ValueError(f"--hp {item!r}: the model does not declare {name!r} in supported_hyperparameters() "
+                             f"(it declares: {', '.join(sorted(declared)) or 'nothing'})")
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = raw.strip()
+    return out
+
+
+def default_run_dir(file: Path, source: str, dataset: str, settings: dict[str, Any]) -> Path:
+    """`capnas-train/<stem>-<hash>` in the working directory: the same file and settings find the same job again."""
+    key = json.dumps({"code": source, "dataset": dataset, **settings}, sort_keys=True, default=str)
+    return Path("capnas-train") / f"{file.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_command(
+        file: Path = typer.Argument(..., metavar="FILE.py", help="The caption-net-v1 model module to train."),
+        dataset: str = typer.Option(
+            ..., "--dataset", metavar="SPEC", help="'shapes', 'shapes:N', or the path of a Karpathy/COCO captions json."),
+        images: Path | None = typer.Option(
+            None, "--images", metavar="DIR", help="Image folder of a json dataset (default: images/ beside the json)."),
+        epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training split."),
+        time_budget: float | None = typer.Option(
+            None, "--time-budget", metavar="S", min=1.0,
+            help="Seconds of training (learn plus val generation); the epoch in flight is cut short. Default: none."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+        hp: list[str] = typer.Option(
+            [], "--hp", metavar="NAME=VALUE", help="A hyperparameter the model declares, e.g. --hp lr=1e-3 (repeatable)."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch, each with all its captions."),
+        patience: int = typer.Option(
+            3, "--patience", min=0, help="Stop after this many epochs without a better val CIDEr (0: never)."),
+        image_size: int = typer.Option(_TASK["image_size"].default, "--image-size", help="Square input size in pixels."),
+        max_len: int = typer.Option(_TASK["max_len"].default, "--max-len", help="Caption length, BOS and EOS included."),
+        min_count: int = typer.Option(
+            _TASK["min_count"].default, "--min-count", help="Minimum train-caption count for a word to enter the vocabulary."),
+        seed: int = typer.Option(0, "--seed", help="Seed of torch and of the batch order."),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="torch CPU threads in the job (default: torch's, one per core)."),
+        run_dir: Path | None = typer.Option(
+            None, "--run-dir", metavar="DIR", help="Where the job lives (default: ./capnas-train/<file>-<hash>)."),
+        as_json: bool = typer.Option(
+            False, "--json", help="Print one JSON object: metrics, curve, exit_reason, params, images_per_s, ..."),
+    ) -> None:
+        """Train FILE.py in the sandbox on the dataset's train split; report val metrics of its best epoch.
+
+        Exit status: 0 trained, 1 training failed, 2 bad input (or no sandbox to train in)."""
+        import torch
+
+        from capnas.contracts import get_contract
+        from capnas.contracts.static_checks import check_source, declared_hyperparameters, must_stop
+        from capnas.sandbox import SandboxError, SandboxUnavailable
+        from capnas.tools.datasets import DatasetError, VocabularyError, load_dataset, prepare_dataset
+        from capnas.tools.metrics import MetricsError
+        from capnas.tools.training import RESULT_FILE, train_candidate
+
+        def fail(message: str, status: int = 2) -> NoReturn:
+            typer.echo(f"capnas train: {message}", err=True)
+            raise typer.Exit(status)
+
+        try:
+            source = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            fail(f"{file}: no such file")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"{file}: cannot read it as UTF-8 text: {exc}")
+        try:
+            tree = ast.parse(source, filename=str(file))
+        except SyntaxError as exc:
+            fail(f"{file}:{exc.lineno}: not valid Python: {exc.msg}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            fail(f"--device {device!r}: expected cpu, cuda or cuda:N")
+        if device != "cpu" and not torch.cuda.is_available():
+            fail(f"--device {device}: no CUDA device is available here")
+        try:
+            hparams = parse_hparams(hp, declared_hyperparameters(tree))
+        except ValueError as exc:
+            fail(str(exc))
+        try:
+            data = load_dataset(dataset, images)
+        except (DatasetError, VocabularyError) as exc:
+            fail(f"dataset {dataset!r}: {exc}")
+
+        status = _Status(as_json)
+        try:
+            status.say(f"preparing {data.source} ({image_size} px, max_len {max_len})")
+            prepared = prepare_dataset(data, image_size=image_size, max_len=max_len, min_count=min_count)
+        except (DatasetError, VocabularyError) as exc:
+            fail(f"dataset {dataset!r}: {exc}")
+        contract = get_contract("caption-net-v1", vocab_size=len(prepared.vocab), image_size=image_size,
+                                max_len=max_len)
+        stopping = [v for v in check_source(source, contract) if must_stop([v])]
+        if stopping:  # the file must not run: syntax, imports, security, signatures
+            fail("\n".join(f"{file}:{v.line or '?'}: {v.code} {v.message}" for v in stopping))
+        settings = {"hparams": hparams, "epochs": epochs, "batch_size": batch_size, "patience": patience or None,
+                    "seed": seed, "prepared": prepared.dir.name}
+        run_dir = run_dir or default_run_dir(file, source, dataset, settings)
+        if (run_dir / RESULT_FILE).exists():
+            status.say(f"the job in {run_dir} has finished before: its stored result follows "
+                       "(give another --run-dir to train again)")
+
+        try:
+            with status.progress(epochs) as progress:
+                result = train_candidate(
+                    source, prepared, data, run_dir, hparams=hparams, epochs=epochs, time_budget_s=time_budget,
+                    device=device, batch_size=batch_size, seed=seed, patience=patience or None, threads=threads,
+                    on_event=progress)
+        except (SandboxUnavailable, SandboxError) as exc:
+            fail(f"{file}: the training job could not run: {exc}")
+        except MetricsError as exc:
+            fail(f"{file}: scoring failed: {exc}", 1)
+        except ValueError as exc:  # the run dir holds another job
+            fail(str(exc))
+
+        if as_json:
+            typer.echo(json.dumps({
+                "ok": result.ok, "exit_reason": result.exit_reason, "metrics": result.metrics,
+                "curve": [p.model_dump(mode="json") for p in result.curve], "best_epoch": result.best_epoch,
+                "params": result.params, "images_per_s": result.images_per_s, "hparams": result.hparams,
+                "device": result.device, "run_dir": str(result.run_dir), "error": result.error}))
+        else:
+            _print_result(file, result)
+        if not result.ok:
+            if result.error:
+                typer.echo(f"capnas train: {file}: {result.error}", err=True)
+            if not result.finished:
+                typer.echo(f"capnas train: the job was interrupted ({result.exit_reason}); run the same command "
+                           f"again to resume it from its last epoch ({result.run_dir})", err=True)
+            raise typer.Exit(1)
+
+
+class _Status:
+    """Progress on stderr: bars on a terminal, one line per epoch elsewhere (none at all with --json off a TTY)."""
+
+    def __init__(self, as_json: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.quiet = as_json and not self.console.is_terminal
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, style="dim")
+
+    def progress(self, epochs: int) -> "_Progress":
+        return _Progress(self, epochs)
+
+
+class _Progress:
+    """The trainer's event callback (called from its threads): an epoch bar and a batch bar."""
+
+    def __init__(self, status: _Status, epochs: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.status, self.lock = status, threading.Lock()
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=status.console,
+                             transient=True, disable=not status.console.is_terminal)
+        self.epochs = self.bars.add_task("epochs", total=epochs, info="")
+        self.batches = self.bars.add_task("batches", total=None, info="", visible=False)
+
+    def __enter__(self) -> "_Progress":
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._handle(event)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        name = event.get("event")
+        if name == "start":
+            self.bars.update(self.epochs, completed=event.get("resumed_from", 0))
+            resumed = f", resumed after epoch {event['resumed_from']}" if event.get("resumed_from") else ""
+            self._line(f"training {event.get('params', 0):,} parameters on {event.get('train_images')} images, "
+                       f"{event.get('device')}{resumed}")
+        elif name == "step":
+            self.bars.update(self.batches, description=f"epoch {event['epoch']}", completed=event["step"],
+                             total=event["steps"], info=f"{event.get('images_per_s', 0):.0f} images/s", visible=True)
+        elif name == "epoch":
+            self.bars.update(self.epochs, completed=event["epoch"], info=f"loss {_num(event.get('loss'))}")
+            self._line(f"epoch {event['epoch']}: loss {_num(event.get('loss'))}, "
+                       f"{event.get('images_per_s', 0):.0f} images/s, {event.get('train_s', 0):.1f} s"
+                       + (" (cut short by the time budget)" if event.get("partial") else ""))
+        elif name == "val":
+            self._line(f"epoch {event['epoch']}: val CIDEr {event['cider']:.4f} "
+                       f"(best {event['best_cider']:.4f} at epoch {event['best_epoch']})")
+        elif name == "early_stop":
+            self._line(f"early stop: no better val CIDEr since epoch {event['best_epoch']} "
+                       f"(patience {event['patience']})")
+        elif name == "evaluating":
+            self.bars.update(self.batches, visible=False)
+            self._line(f"scoring epoch {event['epoch']}'s {event['images']} val captions")
+
+    def _line(self, text: str) -> None:
+        if not self.status.quiet:
+            self.status.console.print(text, style="dim")
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else str(x)
+
+
+def _print_result(file: Path, result) -> None:  # result: TrainResult
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    title = f"{file.name}: {result.exit_reason}, {result.params or 0:,} parameters, {result.device}"
+    curve = Table(title=title, min_width=len(title) + 4)
+    for column in ("epoch", "loss", "val CIDEr", "images/s", "seconds"):
+        curve.add_column(column, justify="right")
+    for p in result.curve:
+        mark = " *" if p.epoch == result.best_epoch else ""
+        curve.add_row(f"{p.epoch}{mark}", _num(p.loss), _num(p.val_cider) if p.val_cider is not None else "-",
+                      f"{p.images_per_s:.0f}", f"{p.train_s + p.gen_s:.1f}" + (" (partial)" if p.partial else ""))
+    console.print(curve)
+    if result.metrics:
+        title = f"val metrics, best epoch {result.best_epoch}"
+        table = Table(title=title, min_width=len(title) + 4)
+        table.add_column("metric")
+        table.add_column("score", justify="right")
+        for key, value in result.metrics.items():
+            table.add_row(METRIC_LABELS.get(key, key), f"{value:.4f}")
+        console.print(table)
+    if result.images_per_s:
+        console.print(f"{result.images_per_s:.0f} training images/s; run dir {result.run_dir}")

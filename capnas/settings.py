@@ -1,0 +1,92 @@
+"""Run settings: every `capnas run` flag is a key of the config file (YAML or JSON), and flags override it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from capnas.agents.llm import AgentModels, LLMConfig
+from capnas.graph.context import Context
+from capnas.tools.task import Budgets, Task
+
+
+class SettingsError(ValueError):
+    """A config file or flag that cannot be used; the message names the file or key."""
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requirement: str = Field("", description="what the person needs, in their words")
+    dataset: str = "shapes"
+    images: str | None = None
+    generation: Literal["code", "spec", "random"] = "spec"
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; none: the embedded local model")
+    llm_model: str | None = None
+    llm_api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    llm_timeout_s: float = Field(120.0, gt=0, description="seconds before an LLM request is retried")
+    llm_max_retries: int = Field(2, ge=0, description="retries on 429, 5xx and timeouts (with backoff)")
+    llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-role overrides, e.g. coder: {model: ...}")
+    max_candidates: int = Field(6, ge=1)
+    time_budget: float = Field(15.0, gt=0, description="minutes for the whole run")
+    epochs: int = Field(6, ge=1)
+    train_time: float = Field(120.0, gt=0, description="seconds of training per candidate")
+    image_size: int = 64
+    max_len: int = 28
+    max_params: int = 5_000_000
+    max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the device")
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per training job (default: torch's)")
+    run_dir: str = ".capnas"
+    seed: int = 0
+    k_snippets: int = 2
+    max_repairs: int = 2
+    confirm: bool = False
+
+    @classmethod
+    def load(cls, config: Path | None, overrides: dict[str, Any]) -> RunSettings:
+        data: dict[str, Any] = {}
+        if config is not None:
+            if not config.is_file():
+                raise SettingsError(f"config file {config} does not exist")
+            try:
+                text = config.read_text()
+                data = (json.loads(text) if config.suffix == ".json" else yaml.safe_load(text)) or {}
+            except (yaml.YAMLError, json.JSONDecodeError) as err:
+                raise SettingsError(f"config file {config} is not valid {'JSON' if config.suffix == '.json' else 'YAML'}: {err}") from None
+            if not isinstance(data, dict):
+                raise SettingsError(f"config file {config} must hold a mapping of settings, got {type(data).__name__}")
+            data = {k.replace("-", "_"): v for k, v in data.items()}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except ValidationError as err:
+            where = f"config file {config}" if config else "options"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise SettingsError(f"{where}: {problems}") from None
+
+    def task(self) -> Task:
+        return Task(
+            dataset=self.dataset, images=self.images, image_size=self.image_size, max_len=self.max_len,
+            max_params=self.max_params, max_latency_ms=self.max_latency_ms,
+            budgets=Budgets(max_candidates=self.max_candidates, time_budget_min=self.time_budget, epochs=self.epochs,
+                            train_time_s=self.train_time, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd),
+        )
+
+    def models(self) -> AgentModels | None:
+        if self.llm_base_url is None and self.llm_model is None:
+            return None
+        default = LLMConfig(model=self.llm_model or "default", base_url=self.llm_base_url, api_key_env=self.llm_api_key_env,
+                            timeout_s=self.llm_timeout_s, max_retries=self.llm_max_retries)
+        return AgentModels(default=default, roles=self.llm_roles)
+
+    def context(self, models: AgentModels | None) -> Context:
+        return Context(workspace=self.run_dir, generation=self.generation, models=models, device=self.device,
+                       threads=self.threads, k_snippets=self.k_snippets, max_repairs=self.max_repairs, seed=self.seed,
+                       confirm_task=self.confirm)

@@ -1,0 +1,328 @@
+"""The graph's nodes. Each is small: read state, call one agent or tool, write the journal, return a
+small state update. Nodes that spend (LLM calls, training) are idempotent on resume: LLM answers are
+replayed from the journal by key, candidates are keyed by round, training continues from its checkpoint."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from langgraph.runtime import Runtime
+from langgraph.types import Command, interrupt
+
+from capnas.agents import coder, critic, planner
+from capnas.agents.usage import BudgetExceeded, cost_usd
+from capnas.graph.context import Context
+from capnas.graph.journal import normalized_code_hash
+from capnas.graph.routing import after_validation
+from capnas.graph.services import RunServices, services_for
+from capnas.graph.state import RunState
+from capnas.tools import archspec
+from capnas.tools.task import Task
+
+
+def _svc(state: RunState, runtime: Runtime[Context]) -> RunServices:
+    return services_for(runtime.context, state["run_id"], state["task"])
+
+
+def _emit(runtime: Runtime[Context], event: str, **fields: Any) -> None:
+    writer = getattr(runtime, "stream_writer", None)
+    if writer is not None:
+        writer({"event": event, **fields})
+
+
+def _emitter(runtime: Runtime[Context], event: str, **fixed: Any) -> Callable[[dict[str, Any]], None]:
+    """An `_emit` callable from other threads (the trainer's event thread): LangGraph's stream writer finds
+    its run through context variables, so each call runs in a copy of this node's context."""
+    node_context = contextvars.copy_context()
+
+    def emit(fields: dict[str, Any]) -> None:
+        node_context.copy().run(_emit, runtime, event, **fixed, **fields)
+
+    return emit
+
+
+def _ask(svc: RunServices, role: str, key: str, call: Callable[[], tuple[Any, str, dict]],
+         prompt: str, candidate_id: str | None = None) -> tuple[Any, bool]:
+    """Run one LLM call, or replay its recorded answer after a crash. Returns (parsed, replayed)."""
+    recorded = svc.journal.recorded_response(svc.run_id, key)
+    if recorded is not None:
+        return json.loads(recorded)["parsed"], True
+    parsed, raw, usage = call()
+    config = svc.ctx.models.for_role(role)
+    data = parsed.model_dump(mode="json") if hasattr(parsed, "model_dump") else parsed
+    svc.journal.log_llm_call(
+        svc.run_id, role, prompt, json.dumps({"raw": raw, "parsed": data}), candidate_id=candidate_id, key=key,
+        input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0),
+        cost_usd=cost_usd(usage, config.price_in_per_mtok, config.price_out_per_mtok),
+    )
+    return data, False
+
+
+def _prompt_text(messages) -> str:
+    return "\n\n".join(f"[{m.type}]\n{m.content}" for m in messages)
+
+
+def _stop(reason: str) -> dict[str, Any]:
+    return {"stop_reason": reason}
+
+
+# -- planner ------------------------------------------------------------------------------------------
+def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    update: dict[str, Any] = {}
+    if "started_at" not in state:  # first visit: the task
+        update["started_at"] = time.time()
+        update["round"] = 0
+        task = Task(**state.get("task", {}))
+        svc = services_for(ctx, state["run_id"], task.model_dump())
+        if svc.journal.get_run(state["run_id"]) is None:  # invoked as a plain Runnable, not through the runner
+            svc.journal.create_run(task.model_dump(), ctx.to_record(), run_id=state["run_id"])
+        if state.get("requirement") and ctx.models is not None:
+            try:
+                draft, _ = _ask(svc, "planner", "planner:task", lambda: planner.draft_task(
+                    svc.models["planner"], state["requirement"], task), state["requirement"])
+            except BudgetExceeded:
+                return {**update, "task": task.model_dump(), **_stop("token_budget")}
+            task = Task(**draft)
+        if ctx.confirm_task:
+            # A person confirms or edits the task; the value they resume with replaces it.
+            answer = interrupt({"question": "confirm_task", "task": task.model_dump()})
+            if isinstance(answer, dict) and answer.get("task"):
+                task = Task(**answer["task"])
+        svc.journal.update_run_task(state["run_id"], task.model_dump())
+        update["task"] = task.model_dump()
+        _emit(runtime, "task", task=task.model_dump())
+
+    task = Task(**update.get("task", state.get("task", {})))
+    round_index = update.get("round", state.get("round", 0))
+    svc = services_for(ctx, state["run_id"], task.model_dump())
+    plan = planner.default_plan(task, round_index)
+    if ctx.generation != "random" and ctx.models is not None and round_index > 0:
+        board = critic.summarize(_rows(svc), task.objective)
+        try:
+            data, _ = _ask(svc, "planner", f"planner:round{round_index}", lambda: planner.plan_round(
+                svc.models["planner"], task, board, state.get("feedback", "")), board)
+            plan = planner.sanitize(planner.RoundPlan(**data), task)
+        except BudgetExceeded:
+            return {**update, **_stop("token_budget")}
+    _emit(runtime, "round", round=round_index, plan=plan.model_dump())
+    return {**update, "plan": plan.model_dump(), "candidate_id": candidate_id(state["run_id"], round_index), "repairs": 0}
+
+
+def candidate_id(run_id: str, round_index: int) -> str:
+    """Candidate ids are unique across the journal: one per round of a run."""
+    return f"{run_id}-r{round_index:03d}"
+
+
+def _rows(svc: RunServices) -> list[dict[str, Any]]:
+    return [c.row for c in svc.journal.candidates(svc.run_id)]
+
+
+# -- coder --------------------------------------------------------------------------------------------
+def coder_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx, svc = runtime.context, _svc(state, runtime)
+    cid, repairs = state["candidate_id"], state.get("repairs", 0)
+    existing = _existing(svc, cid)
+    if existing is not None and existing["repairs"] >= repairs:
+        return {}  # resumed: this attempt's code is already in the journal
+    _emit(runtime, "candidate", candidate_id=cid, status="generating")
+    plan = planner.RoundPlan(**state["plan"])
+    spec = None
+    if ctx.generation == "random":
+        code, spec = _random_candidate(svc, state["round"], ctx.seed)
+        if code is None:
+            return _stop("search_space_exhausted")
+    else:
+        snippets = coder.choose_snippets(plan.encoders, plan.decoders, ctx.k_snippets)
+        board = critic.summarize([r for r in _rows(svc) if r["status"] == "trained"], svc.task.objective)
+        repair = None
+        if repairs and existing is not None:
+            repair = {"code": existing["code"], "spec": json.dumps(existing.get("spec")),
+                      "violations": (existing.get("contract") or {}).get("violations", [])}
+        messages = coder.coder_messages(ctx.generation, svc.contract, snippets, board, state.get("feedback", ""),
+                                        plan=plan.rationale, repair=repair)
+        write = coder.write_spec if ctx.generation == "spec" else coder.write_code
+        try:
+            data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}", lambda: _coder_call(write, svc, messages),
+                           _prompt_text(messages), cid)
+        except BudgetExceeded:
+            return _stop("token_budget")
+        except ValueError as err:  # the model never produced a usable answer: record, do not retry forever
+            data = {"code": "", "spec": None, "error": str(err)}
+        code, spec = data["code"], data.get("spec")
+    return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
+
+
+def _coder_call(write, svc: RunServices, messages) -> tuple[dict, str, dict]:
+    if write is coder.write_spec:
+        spec, code, raw, usage = write(svc.models["coder"], messages)
+        return {"code": code, "spec": spec.model_dump(mode="json")}, raw, usage
+    code, raw, usage = write(svc.models["coder"], messages)
+    return {"code": code, "spec": None}, raw, usage
+
+
+def _random_candidate(svc: RunServices, round_index: int, seed: int) -> tuple[str | None, dict | None]:
+    """Sample specs until one is new to this run (bounded)."""
+    for attempt in range(50):
+        spec = archspec.sample(random.Random(f"{seed}:{round_index}:{attempt}"))
+        code = archspec.render(spec)
+        if svc.journal.find_by_hash(svc.run_id, normalized_code_hash(code)) is None:
+            return code, spec.model_dump(mode="json")
+    return None, None
+
+
+def _existing(svc: RunServices, cid: str) -> dict[str, Any] | None:
+    try:
+        return svc.journal.get_candidate(cid).row
+    except KeyError:
+        return None
+
+
+def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing) -> dict[str, Any]:
+    describe = archspec.ArchSpec(**spec).describe() if spec else "LLM-written module"
+    if existing is None:
+        cand = svc.journal.add_candidate(svc.run_id, code, round=state["round"], mode=runtime.context.generation,
+                                         parent_id=state.get("parent_id"), spec=spec, plan=describe, candidate_id=cid)
+    else:
+        cand = svc.journal.replace_code(cid, code, spec=spec, plan=describe, repairs=repairs)
+    if not code:
+        svc.journal.update_candidate(cid, status="invalid", contract={"ok": False, "violations": [
+            {"code": "LLM-001", "clause": "The coder returns one module", "message": "the coder returned no usable answer",
+             "line": None, "hint": "check the model endpoint, its output token limit and the prompt size"}]})
+    _emit(runtime, "candidate", candidate_id=cid, status=svc.journal.get_candidate(cid).status, plan=describe,
+          duplicate_of=cand.exit_reason if cand.status == "duplicate" else None)
+    return {}
+
+
+# -- validator ----------------------------------------------------------------------------------------
+def validator_node(state: RunState, runtime: Runtime[Context]) -> Command:
+    """Static checks, then the sandboxed probe; routes to training, to a repair, or to the critic."""
+    from capnas.tools.validation import validate_code
+
+    ctx, svc = runtime.context, _svc(state, runtime)
+    cid, repairs = state["candidate_id"], state.get("repairs", 0)
+    cand = svc.journal.get_candidate(cid).row
+    if cand["status"] == "generated":  # else: a duplicate, or validated before a crash
+        _emit(runtime, "candidate", candidate_id=cid, status="validating")
+        report = validate_code(cand["code"], svc.contract, ctx.device)
+        status = "valid" if report.ok else "invalid"
+        svc.journal.update_candidate(cid, status=status, contract=report.model_dump(mode="json"), params=report.params)
+        _emit(runtime, "candidate", candidate_id=cid, status=status,
+              violations=[v.code for v in report.violations], params=report.params)
+        cand["status"] = status
+    goto = after_validation(cand["status"], ctx.generation, repairs, ctx.max_repairs)
+    return Command(goto=goto, update={"repairs": repairs + 1} if goto == "coder" else {})
+
+
+# -- trainer and evaluator ----------------------------------------------------------------------------
+def trainer_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Train a valid candidate in the sandbox; its val metrics come from the evaluator inside `train_candidate`.
+    After a crash the same run dir resumes from the last committed epoch, a finished job is not redone."""
+    from capnas.tools.training import train_candidate
+
+    svc = _svc(state, runtime)
+    cid = state["candidate_id"]
+    cand = svc.journal.get_candidate(cid).row
+    if cand["status"] != "valid":
+        return {}  # already trained (resume) or not trainable
+    budgets = svc.task.budgets
+    remaining_s = budgets.time_budget_min * 60 - (time.time() - state["started_at"])
+    spec = archspec.ArchSpec(**cand["spec"]) if cand.get("spec") else None
+    hparams = spec.prm() if spec else {}
+    _emit(runtime, "candidate", candidate_id=cid, status="training")
+    svc.journal.log_event(svc.run_id, "train_call", {"time_budget_s": round(remaining_s, 1)}, cid)
+    outcome = train_candidate(
+        cand["code"], svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
+        epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs,
+        batch_size=spec.batch_size if spec else 32,
+        time_budget_s=max(10.0, min(budgets.train_time_s, remaining_s)),
+        device=runtime.context.device, threads=runtime.context.threads, evaluator=svc.evaluator,
+        on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
+    )
+    if not outcome.finished:  # the harness was killed from outside: leave it 'valid' so a resume continues it
+        raise RuntimeError(f"training of {cid} was interrupted ({outcome.exit_reason}); resume the run")
+    status = "trained" if outcome.ok else "failed"
+    svc.journal.update_candidate(
+        cid, status=status, exit_reason=outcome.exit_reason,
+        curve=[p.model_dump(mode="json") for p in outcome.curve], metrics=outcome.metrics or None,
+        samples=[s.model_dump(mode="json") for s in outcome.samples], hparams=outcome.hparams,
+        params=outcome.params, artifacts=str(outcome.run_dir),
+    )
+    if outcome.error:
+        svc.journal.log_event(svc.run_id, "train_error", {"exit_reason": outcome.exit_reason,
+                                                          "error": outcome.error}, cid)
+    _emit(runtime, "candidate", candidate_id=cid, status=status, metrics=outcome.metrics,
+          exit_reason=outcome.exit_reason)
+    return {}
+
+
+def _train_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """A trainer event as a flat, small progress update (the harness's own 'event' key becomes 'phase')."""
+    return {("phase" if k == "event" else k): v for k, v in event.items() if k not in ("candidate_id",)}
+
+
+def evaluator_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Scores come from the evaluator only; here they are read back from the journal to update `best`."""
+    svc = _svc(state, runtime)
+    objective = svc.task.objective
+    board = svc.journal.leaderboard(svc.run_id, objective)
+    if not board:
+        return {}
+    top = board[0]
+    return {"best": {"candidate_id": top.candidate_id, "metrics": top.metrics}}
+
+
+# -- critic -------------------------------------------------------------------------------------------
+def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx, svc = runtime.context, _svc(state, runtime)
+    cid = state["candidate_id"]
+    update: dict[str, Any] = {"round": state["round"] + 1}
+    if ctx.generation == "random" or ctx.models is None:
+        update.update(decision="explore", feedback="", parent_id=None)
+    else:
+        summary = critic.summarize(_rows(svc), svc.task.objective)
+        try:
+            data, _ = _ask(svc, "critic", f"critic:{cid}", lambda: critic.critique(svc.models["critic"], summary), summary)
+        except BudgetExceeded:
+            return {**update, **_stop("token_budget")}
+        except ValueError:
+            data = {"feedback": "", "decision": "explore", "parent_id": None}
+        update.update(feedback=data["feedback"], decision=data["decision"], parent_id=data.get("parent_id"))
+    reason = budget_exhausted(svc, state, update)
+    if reason:
+        update["stop_reason"] = reason
+    _emit(runtime, "critic", candidate_id=cid, decision=update["decision"], feedback=update["feedback"])
+    return update
+
+
+def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) -> str | None:
+    budgets = svc.task.budgets
+    if update["round"] >= budgets.max_candidates:
+        return "max_candidates"
+    if time.time() - state["started_at"] >= budgets.time_budget_min * 60:
+        return "time_budget"
+    if svc.models is not None and svc.ledger.exhausted():
+        return "token_budget"
+    if update.get("decision") == "stop" and svc.journal.leaderboard(svc.run_id):
+        return "critic"
+    return None
+
+
+# -- reporter -----------------------------------------------------------------------------------------
+def reporter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    from capnas.tools.report import write_run_summary
+
+    svc = _svc(state, runtime)
+    reason = state.get("stop_reason") or "finished"
+    status = "finished" if reason in ("max_candidates", "critic", "finished") else "stopped"
+    board = svc.journal.leaderboard(svc.run_id, svc.task.objective)
+    best = {"candidate_id": board[0].candidate_id, "metrics": board[0].metrics} if board else None
+    write_run_summary(svc.journal, svc.run_id, svc.task.objective, Path(runtime.context.workspace) / "runs" / svc.run_id)
+    svc.journal.set_run_status(svc.run_id, status, reason)
+    _emit(runtime, "done", status=status, stop_reason=reason, best=best)
+    return {"status": status, "best": best, "stop_reason": reason}

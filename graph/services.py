@@ -1,0 +1,93 @@
+"""Long-lived helpers the nodes share within one process: the journal, the LLM models and usage ledger,
+the prepared dataset, the contract and the caption evaluator (one METEOR process for the whole run).
+
+None of this is graph state: it is rebuilt from the Context and the journal after a crash."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from capnas.agents.llm import build_role_models
+from capnas.agents.usage import Budget, RoleUsage, UsageLedger
+from capnas.contracts.caption_net_v1 import caption_net_v1
+from capnas.contracts.contract import Contract
+from capnas.graph.context import Context
+from capnas.graph.journal import Journal
+from capnas.tools.caption_dataset import CaptionDataset
+from capnas.tools.datasets import load_dataset
+from capnas.tools.prepare import PreparedDataset, prepare_dataset
+from capnas.tools.task import Task
+
+
+def journal_path(workspace: str | Path) -> Path:
+    return Path(workspace) / "journal.sqlite"
+
+
+def checkpoints_path(workspace: str | Path) -> Path:
+    return Path(workspace) / "checkpoints.sqlite"
+
+
+@dataclass
+class RunServices:
+    ctx: Context
+    run_id: str
+    task: Task
+    journal: Journal
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @cached_property
+    def ledger(self) -> UsageLedger:
+        """Spending so far comes from the journal, so a resumed run keeps counting where it stopped."""
+        budget = Budget(max_total_tokens=self.task.budgets.max_tokens, max_cost_usd=self.task.budgets.max_cost_usd)
+        spent = {role: RoleUsage(calls=u["calls"], input_tokens=u["input_tokens"] or 0,
+                                 output_tokens=u["output_tokens"] or 0, cost_usd=u["cost_usd"] or 0.0)
+                 for role, u in self.journal.usage(self.run_id).items()}
+        return UsageLedger(budget, spent=spent)
+
+    @cached_property
+    def models(self) -> dict[str, Any] | None:
+        if self.ctx.models is None:
+            return None
+        return build_role_models(self.ctx.models, self.ledger)
+
+    @cached_property
+    def dataset(self) -> CaptionDataset:
+        return load_dataset(self.task.dataset, Path(self.task.images) if self.task.images else None)
+
+    @cached_property
+    def prepared(self) -> PreparedDataset:
+        return prepare_dataset(self.dataset, image_size=self.task.image_size, max_len=self.task.max_len,
+                               min_count=self.task.min_count)
+
+    @cached_property
+    def contract(self) -> Contract:
+        return caption_net_v1(len(self.prepared.vocab), self.task.image_size, self.task.max_len,
+                              max_params=self.task.max_params, max_latency_ms=self.task.max_latency_ms)
+
+    @cached_property
+    def evaluator(self):
+        from capnas.tools.metrics import CaptionEvaluator  # starts Java lazily, only when scoring is needed
+
+        return CaptionEvaluator(spice=False)
+
+    def artifacts_dir(self, candidate_id: str) -> Path:
+        path = Path(self.ctx.workspace) / "runs" / self.run_id / candidate_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+_CACHE: dict[tuple[str, str, str], RunServices] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def services_for(ctx: Context, run_id: str, task: dict[str, Any]) -> RunServices:
+    """One RunServices per (workspace, run, task) in this process."""
+    key = (str(Path(ctx.workspace).resolve()), run_id, Task(**task).model_dump_json())
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = RunServices(ctx=ctx, run_id=run_id, task=Task(**task), journal=Journal(journal_path(ctx.workspace)))
+        return _CACHE[key]

@@ -1,0 +1,76 @@
+"""The graph's pure parts: routing, the compiled graph's shape, run settings and the secret-free record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from capnas.agents.llm import AgentModels, LLMConfig
+from capnas.graph import routing
+from capnas.graph.build import build_graph
+from capnas.graph.context import Context
+from capnas.settings import RunSettings, SettingsError
+
+
+@pytest.mark.parametrize(("status", "generation", "repairs", "expected"), [
+    ("valid", "code", 0, "trainer"),
+    ("invalid", "code", 0, "coder"),
+    ("invalid", "code", 2, "critic"),  # repair rounds spent
+    ("invalid", "spec", 1, "coder"),
+    ("invalid", "random", 0, "critic"),  # no LLM to repair with
+    ("duplicate", "code", 0, "critic"),  # never validated or trained twice
+])
+def test_after_validation(status: str, generation: str, repairs: int, expected: str) -> None:
+    assert routing.after_validation(status, generation, repairs, max_repairs=2) == expected
+
+
+def test_a_stop_reason_ends_the_run_after_any_step() -> None:
+    assert routing.after_critic({"stop_reason": "time_budget"}) == "reporter"
+    assert routing.after_critic({}) == "planner"
+    assert routing.after_planner({"stop_reason": "token_budget"}) == "reporter"
+    assert routing.after_coder({}) == "validator"
+
+
+def test_the_graph_has_the_five_agents_and_the_loop() -> None:
+    graph = build_graph().get_graph()
+    assert {"planner", "coder", "validator", "trainer", "evaluator", "critic", "reporter"} <= set(graph.nodes)
+    edges = {(e.source, e.target) for e in graph.edges}
+    assert {("trainer", "evaluator"), ("evaluator", "critic"), ("critic", "planner"), ("validator", "coder")} <= edges
+
+
+def test_the_journal_record_never_holds_a_key() -> None:
+    models = AgentModels(default=LLMConfig(model="m", base_url="http://127.0.0.1:1/v1", api_key=SecretStr("sk-secret")),
+                         roles={"coder": {"api_key": SecretStr("sk-coder")}})
+    record = Context(models=models, threads=2).to_record()
+    assert "sk-" not in repr(record)
+    restored = Context.from_record(record, models)
+    assert (restored.threads, restored.generation, restored.models) == (2, "spec", models)
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("max-candidates: 4\ndataset: shapes:100\ndevice: cpu\n")
+    settings = RunSettings.load(config, {"max_candidates": 9, "seed": None})
+    assert (settings.max_candidates, settings.dataset) == (9, "shapes:100")
+    assert settings.task().budgets.max_candidates == 9
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("max_candidates: zero\n", "max_candidates"),
+    ("colour: blue\n", "colour"),
+    ("- a\n- b\n", "mapping"),
+    ("key: [unclosed\n", "not valid YAML"),
+])
+def test_a_bad_config_file_is_named_with_the_key(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=message) as err:
+        RunSettings.load(config, {})
+    assert str(config) in str(err.value)
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        RunSettings.load(tmp_path / "nope.yaml", {})

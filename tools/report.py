@@ -1,0 +1,347 @@
+"""Run reports built from journal rows only: every number here was measured by a tool, none by an LLM.
+
+Two layers:
+- the run summary the graph's reporter node writes at the end of every run (`write_run_summary`:
+  leaderboard.md and summary.json, cheap, no torch; it is handed the journal object and only calls it);
+- `RunData`, one read of a run for the people-facing reports: a `RunRecord` (the journal's rows as plain data:
+  tools never import the journal, `capnas.commands.report_cmd.read_run` reads it), the candidates' training
+  run dirs (best weights, generated validation captions) and the prepared dataset (images, references,
+  vocabulary). `write_report_bundle` turns it into the HTML report (`capnas.tools.html_report`), the model card
+  (`capnas.tools.model_card`) and the exported best model (`capnas.tools.export`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+METRIC_KEYS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")
+
+
+class JournalLike(Protocol):
+    def candidates(self, run_id: str) -> list[Any]: ...
+    def leaderboard(self, run_id: str | None = None, metric: str = "cider") -> list[Any]: ...
+    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    def usage(self, run_id: str) -> dict[str, dict[str, float]]: ...
+
+
+def leaderboard_rows(journal: JournalLike, run_id: str | None, objective: str) -> list[dict[str, Any]]:
+    rows = []
+    for c in journal.leaderboard(run_id, objective):
+        metrics = c.metrics or {}
+        rows.append({"run_id": c.run_id, "candidate_id": c.candidate_id, "mode": c.mode, "plan": c.plan,
+                     "params": c.params, **{k: metrics.get(k) for k in METRIC_KEYS}})
+    return rows
+
+
+def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| rank | candidate | mode | model | params | " + " | ".join(METRIC_KEYS) + " |"
+    sep = "|" + "---|" * (5 + len(METRIC_KEYS))
+    body = [
+        f"| {i} | {r['candidate_id']} | {r['mode']} | {r['plan'] or ''} | {r['params'] or 0:,} | "
+        + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], (int, float)) else "n/a" for k in METRIC_KEYS) + " |"
+        for i, r in enumerate(rows, 1)
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def write_run_summary(journal: JournalLike, run_id: str, objective: str, run_dir: Path) -> dict[str, Any]:
+    """leaderboard.md and summary.json in the run directory."""
+    cands = journal.candidates(run_id)
+    rows = leaderboard_rows(journal, run_id, objective)
+    counts: dict[str, int] = {}
+    for c in cands:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    summary = {
+        "run_id": run_id, "objective": objective, "candidates": len(cands), "by_status": counts,
+        "best": rows[0] if rows else None, "usage": journal.usage(run_id),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "leaderboard.md").write_text(f"# Leaderboard of run {run_id}\n\n" + leaderboard_markdown(rows) + "\n")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# -- one read of a run, for the reports ---------------------------------------------------------------------
+
+
+class UnknownRunError(LookupError):
+    """No such run in the journal; the message lists the recent ones."""
+
+
+class ReportError(RuntimeError):
+    """A report or an export cannot be made (no trained candidate, weights missing); the message says why."""
+
+
+class Row:
+    """Attribute access to one journal row (a plain dict, JSON columns decoded), like the journal's Candidate."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: dict[str, Any]):
+        self.row = dict(row)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.row[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"Row({self.row.get('candidate_id', '?')})"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the reports read from the run journal, as plain data. The caller reads the journal (the CLI through
+    `capnas.commands.report_cmd.read_run`); nothing in tools imports it."""
+
+    run: dict[str, Any]  # the runs row: run_id, status, stop_reason, task, config, created_at, ...
+    candidates: list[dict[str, Any]]  # candidate rows of the run, in journal order (round, created_at)
+    leaderboard: list[str]  # ids of the trained candidates, best first by the run's objective
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> tokens, cost, calls
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # LLM call key -> its parsed answer
+
+
+@dataclass
+class CandidateArtifacts:
+    """What a candidate's training job left in its run dir (`capnas.tools.training`)."""
+
+    dir: Path | None
+    weights: Path | None  # the best epoch's state_dict
+    val_captions: dict[int, str]  # generated caption per validation image id
+    captions_source: str | None  # the file the captions came from, or "journal samples"
+    best_epoch: int | None = None
+    test_metrics: dict[str, Any] | None = None  # test_metrics.json, when the model was scored on test
+    prm: dict[str, Any] | None = None  # the prm the training job built the model with (max_len included)
+
+
+@dataclass
+class RunData:
+    """Everything the reports show about one run. The journal's rows (`RunRecord`) are the source of every
+    number; the prepared dataset gives images, reference captions and the vocabulary; the training run dirs
+    give weights and the generated validation captions."""
+
+    record: RunRecord
+    workspace: Path
+    candidates: list[Row] = field(init=False)
+    _artifacts: dict[str, CandidateArtifacts] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workspace = Path(self.workspace)
+        self.candidates = [Row(c) for c in self.record.candidates]
+        known = {c.candidate_id for c in self.candidates}
+        stray = [cid for cid in self.record.leaderboard if cid not in known]
+        if stray:
+            raise ReportError(f"leaderboard names candidates that are not in run {self.run_id}: {', '.join(stray)}")
+
+    # -- journal --------------------------------------------------------------------------------------
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.record.run
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.run.get("task") or {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.run.get("config") or {}
+
+    @property
+    def objective(self) -> str:
+        return self.task.get("objective", "cider")
+
+    @property
+    def usage(self) -> dict[str, dict[str, float]]:
+        return self.record.usage
+
+    @cached_property
+    def board(self) -> list[Row]:
+        """Trained candidates, best first by the objective (the journal's leaderboard order)."""
+        by_id = {c.candidate_id: c for c in self.candidates}
+        return [by_id[cid] for cid in self.record.leaderboard]
+
+    @property
+    def best(self) -> Row | None:
+        return self.board[0] if self.board else None
+
+    def candidate(self, candidate_id: str) -> Row:
+        for c in self.candidates:
+            if c.candidate_id == candidate_id:
+                return c
+        known = ", ".join(c.candidate_id for c in self.candidates) or "none"
+        raise ReportError(f"no candidate {candidate_id!r} in run {self.run_id} (candidates: {known})")
+
+    def rank(self, candidate_id: str) -> int | None:
+        ids = self.record.leaderboard
+        return ids.index(candidate_id) + 1 if candidate_id in ids else None
+
+    def rationale(self, cand: Row) -> dict[str, str]:
+        """LLM prose behind a candidate, quoted as written: the planner's plan for its round and the critic's
+        feedback that preceded it. Empty for random runs and runs without an LLM."""
+        out: dict[str, str] = {}
+        plan = self.record.answers.get(f"planner:round{cand.round}")
+        if plan and plan.get("rationale"):
+            out["planner"] = str(plan["rationale"])
+        previous = [c for c in self.candidates if c.round == cand.round - 1]
+        if previous:
+            critique = self.record.answers.get(f"critic:{previous[-1].candidate_id}")
+            if critique and critique.get("feedback"):
+                out["critic"] = str(critique["feedback"])
+        return out
+
+    # -- artifacts ------------------------------------------------------------------------------------
+    def artifacts(self, cand: Row) -> CandidateArtifacts:
+        if cand.candidate_id not in self._artifacts:
+            self._artifacts[cand.candidate_id] = find_artifacts(cand, self.workspace / "runs" / self.run_id)
+        return self._artifacts[cand.candidate_id]
+
+    # -- the prepared dataset -------------------------------------------------------------------------
+    @cached_property
+    def _data(self) -> tuple[Any, Any, str | None]:
+        """(CaptionDataset, PreparedDataset, None) or (None, None, why not). Preparing is a cache lookup when
+        the run's cache still exists (else it is rebuilt from the dataset, as the run built it)."""
+        from capnas.tools.datasets import DatasetError, load_dataset, prepare_dataset
+
+        task = self.task
+        try:
+            dataset = load_dataset(task.get("dataset", "shapes"), Path(task["images"]) if task.get("images") else None)
+            prepared = prepare_dataset(dataset, image_size=task.get("image_size", 64), max_len=task.get("max_len", 16),
+                                       min_count=task.get("min_count", 1))
+        except (DatasetError, OSError, ValueError) as e:
+            return None, None, f"the run's dataset is not available here: {e}"
+        return dataset, prepared, None
+
+    @property
+    def dataset(self) -> Any | None:
+        return self._data[0]
+
+    @property
+    def prepared(self) -> Any | None:
+        return self._data[1]
+
+    @property
+    def data_error(self) -> str | None:
+        return self._data[2]
+
+    @cached_property
+    def val_image_ids(self) -> list[int]:
+        from capnas.sandbox import prepared as prepared_format
+
+        return [int(i) for i in prepared_format.load_image_ids(self.prepared.dir, "val")] if self.prepared else []
+
+    @cached_property
+    def val_references(self) -> dict[int, list[str]]:
+        """Raw reference captions of the validation split, in prepared order."""
+        if self.dataset is None:
+            return {}
+        from capnas.tools.evaluation import split_references
+
+        return split_references(self.dataset, "val", self.val_image_ids)
+
+    @cached_property
+    def val_images(self) -> Any | None:
+        """uint8 [N, 3, S, S] validation images in prepared order (memory-mapped)."""
+        if self.prepared is None:
+            return None
+        from capnas.sandbox import prepared as prepared_format
+
+        return prepared_format.load_images(self.prepared.dir, "val")
+
+
+def find_artifacts(cand: Any, run_root: Path) -> CandidateArtifacts:
+    """The candidate's training run dir (as the journal recorded it, else `<workspace>/runs/<run>/<id>` when the
+    workspace moved), its best weights and its generated validation captions, from the files
+    `capnas.tools.training` writes there (train_result.json, job/weights_epoch{k}.pt, val_captions.json)."""
+    from capnas.tools.training import JOB_DIR, RESULT_FILE, VAL_CAPTIONS_FILE
+
+    folder = None
+    for option in (Path(cand.artifacts) if cand.artifacts else None, run_root / cand.candidate_id):
+        if option is not None and option.is_dir():
+            folder = option
+            break
+    weights, best_epoch, captions, source, test, prm = None, None, {}, None, None, None
+    if folder is not None:
+        result = _read_json(folder / RESULT_FILE)
+        if isinstance(result, dict):
+            best_epoch = result.get("best_epoch")
+            prm = result.get("hparams") or None
+            if result.get("best_weights"):
+                # the recorded path, or the same file name in this run dir when the workspace moved
+                for path in (Path(result["best_weights"]), folder / JOB_DIR / Path(result["best_weights"]).name):
+                    if path.is_file():
+                        weights = path
+                        break
+        elif len(found := sorted((folder / JOB_DIR).glob("weights_epoch*.pt"))) == 1:
+            weights = found[0]  # a finished job keeps only its best epoch's weights
+        entries = _read_json(folder / VAL_CAPTIONS_FILE)
+        if isinstance(entries, list):
+            try:
+                captions = {int(e["image_id"]): str(e["caption"]) for e in entries}
+                source = VAL_CAPTIONS_FILE
+            except (KeyError, TypeError, ValueError):
+                captions = {}
+        stored = _read_json(folder / "test_metrics.json")
+        test = stored if isinstance(stored, dict) else None
+    if not captions and cand.samples:
+        captions = {int(s["image_id"]): str(s.get("caption", s.get("generated", ""))) for s in cand.samples
+                    if isinstance(s, dict) and "image_id" in s}
+        source = "journal samples" if captions else None
+    return CandidateArtifacts(dir=folder, weights=weights, val_captions=captions, captions_source=source,
+                              best_epoch=best_epoch, test_metrics=test, prm=prm)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def curve_points(cand: Any) -> list[dict[str, Any]]:
+    """The learning curve as {epoch, loss, val_cider, train_s, images_per_s} per epoch, from the journal's
+    `curve` column (the trainer scores each epoch with CIDEr only; the full metric set is the best epoch's)."""
+    points = []
+    for p in cand.curve or []:
+        if not isinstance(p, dict) or p.get("epoch") is None:
+            continue
+        points.append({"epoch": p["epoch"], "loss": p.get("loss"), "val_cider": p.get("val_cider"),
+                       "train_s": p.get("train_s"), "images_per_s": p.get("images_per_s"),
+                       "partial": bool(p.get("partial"))})
+    return points
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    model_card: Path | None  # MODEL_CARD.md of the best model
+    model_dir: Path | None  # the exported best model
+
+
+def write_report_bundle(record: RunRecord, workspace: str | Path, *, out: Path | None = None,
+                        export: bool = True, layer_probe: bool = True) -> ReportFiles:
+    """The HTML report at `out` (default `<workspace>/runs/<run>/report.html`), the best model's card beside it
+    (MODEL_CARD.md) and, with `export`, the best model exported to `<workspace>/runs/<run>/model/`."""
+    from capnas.tools.export import export_model
+    from capnas.tools.html_report import write_html_report
+    from capnas.tools.model_card import build_model_card
+
+    data = RunData(record, Path(workspace))
+    run_root = data.workspace / "runs" / data.run_id
+    card = build_model_card(data, data.best, layer_probe=layer_probe) if data.best is not None else None
+    html = write_html_report(data, out or run_root / "report.html", card=card)
+    card_path = model_dir = None
+    if card is not None:
+        card_path = html.parent / "MODEL_CARD.md"
+        card_path.write_text(card.to_markdown(), encoding="utf-8")
+        if export:
+            model_dir = export_model(data, run_root / "model", card=card)
+    return ReportFiles(html=html, model_card=card_path, model_dir=model_dir)
