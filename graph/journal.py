@@ -297,12 +297,24 @@ class Journal:
                 (run_id, candidate_id, kind, json.dumps(payload), time.time()),
             )
 
+    def request(self, run_id: str, action: str, **fields: Any) -> None:
+        """A person's request to a live run, read by the graph between candidates: `stop`, `pause`, `resume`,
+        or `budget` with new `max_candidates` / `time_budget_min`. Works from any process (chat, CLI)."""
+        if action not in CONTROL_ACTIONS:
+            raise ValueError(f"unknown run request {action!r}; use one of {', '.join(CONTROL_ACTIONS)}")
+        self.log_event(run_id, "control", {"action": action, **fields})
+
+    def requests(self, run_id: str) -> list[dict[str, Any]]:
+        return [e["payload"] for e in self.events(run_id, "control")]
+
     def events(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         with self._connect() as db:
             sql = "SELECT * FROM events WHERE run_id = ?" + (" AND kind = ?" if kind else "") + " ORDER BY id"
             rows = db.execute(sql, (run_id, kind) if kind else (run_id,)).fetchall()
         return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
 
+
+CONTROL_ACTIONS = ("stop", "pause", "resume", "budget")
 
 CANDIDATE_COLUMNS = {
     "parent_id", "status", "repairs", "contract", "params", "hparams", "metrics", "curve", "samples",

@@ -101,6 +101,9 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     task = Task(**update.get("task", state.get("task", {})))
     round_index = update.get("round", state.get("round", 0))
     svc = services_for(ctx, state["run_id"], task.model_dump())
+    if _paused(svc):  # between candidates: wait for whoever drives the run to resume it
+        interrupt({"question": "paused", "round": round_index})
+        svc.journal.request(svc.run_id, "resume")
     plan = planner.default_plan(task, round_index)
     if ctx.generation != "random" and ctx.models is not None and round_index > 0:
         board = critic.summarize(_rows(svc), task.objective)
@@ -301,7 +304,9 @@ def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) -> str | None:
-    budgets = svc.task.budgets
+    budgets = svc.task.budgets.model_copy(update=_budget_changes(svc))
+    if any(r["action"] == "stop" for r in svc.journal.requests(svc.run_id)):
+        return "stopped_by_user"
     if update["round"] >= budgets.max_candidates:
         return "max_candidates"
     if time.time() - state["started_at"] >= budgets.time_budget_min * 60:
@@ -313,13 +318,27 @@ def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) 
     return None
 
 
+def _budget_changes(svc: RunServices) -> dict[str, Any]:
+    """Budgets a person changed during the run (the latest value of each wins)."""
+    changes: dict[str, Any] = {}
+    for r in svc.journal.requests(svc.run_id):
+        if r["action"] == "budget":
+            changes.update({k: r[k] for k in ("max_candidates", "time_budget_min") if r.get(k) is not None})
+    return changes
+
+
+def _paused(svc: RunServices) -> bool:
+    pauses = [r["action"] for r in svc.journal.requests(svc.run_id) if r["action"] in ("pause", "resume")]
+    return bool(pauses) and pauses[-1] == "pause"
+
+
 # -- reporter -----------------------------------------------------------------------------------------
 def reporter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     from capnas.tools.report import write_run_summary
 
     svc = _svc(state, runtime)
     reason = state.get("stop_reason") or "finished"
-    status = "finished" if reason in ("max_candidates", "critic", "finished") else "stopped"
+    status = "finished" if reason in ("max_candidates", "critic", "finished", "stopped_by_user") else "stopped"
     board = svc.journal.leaderboard(svc.run_id, svc.task.objective)
     best = {"candidate_id": board[0].candidate_id, "metrics": board[0].metrics} if board else None
     write_run_summary(svc.journal, svc.run_id, svc.task.objective, Path(runtime.context.workspace) / "runs" / svc.run_id)

@@ -214,3 +214,17 @@ def test_spec_and_random_runs_with_one_budget_share_a_leaderboard(tmp_path: Path
     assert ciders == sorted(ciders, reverse=True)
     table = _capnas("leaderboard", "--run-dir", str(tmp_path / "ws"), env={**os.environ, "COLUMNS": "250"})
     assert "spec" in table.stdout and "random" in table.stdout
+
+
+def test_a_budget_change_and_a_stop_request_are_obeyed_between_candidates(tmp_path: Path) -> None:
+    """Requests a person sends to a live run (the chat's /budget and /stop) go through the journal; here they
+    are sent before the run starts, so the first candidate boundary must obey them."""
+    journal = Journal(tmp_path / "ws" / "journal.sqlite")
+    journal.request("smaller", "budget", max_candidates=1)
+    journal.request("stopped", "stop")
+    for run_id, reason in (("smaller", "max_candidates"), ("stopped", "stopped_by_user")):
+        done = _capnas("run", "--config", str(_config(tmp_path, generation="random", max_candidates=5, epochs=1)),
+                       "--run-id", run_id, "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout)
+        assert (summary["candidates"], summary["stop_reason"]) == (1, reason)

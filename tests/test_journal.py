@@ -93,3 +93,17 @@ def test_recorded_response_replays_the_last_answer_for_a_key(tmp_path) -> None:
     j.log_llm_call(run, "coder", "p", "second", key="coder:r000:0")
     j.log_llm_call(run, "coder", "p", "other", key="coder:r001:0")
     assert j.recorded_response(run, "coder:r000:0") == "second"
+
+
+def test_requests_to_a_live_run_are_kept_in_order(tmp_path):
+    from capnas.graph.journal import Journal
+
+    journal = Journal(tmp_path / "j.sqlite")
+    run = journal.create_run({}, {})
+    journal.request(run, "pause")
+    journal.request(run, "budget", max_candidates=3)
+    journal.request(run, "resume")
+    assert [r["action"] for r in journal.requests(run)] == ["pause", "budget", "resume"]
+    assert journal.requests(run)[1]["max_candidates"] == 3
+    with pytest.raises(ValueError, match="unknown run request 'halt'"):
+        journal.request(run, "halt")

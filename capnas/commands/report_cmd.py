@@ -73,8 +73,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write RUN_ID's self-contained HTML report, the best model's card, and export the best model.
 
-        The page (no network needed to view it) holds the leaderboard, learning curves, validation images with
-        generated and reference captions, the search tree, every candidate's contract report and the model card.
+        The page needs no network: leaderboard, curves, captioned validation images, search tree, contract reports.
 
         Exit status: 0 written, 2 no such run or workspace, 1 the report could not be made."""
         from capnas.tools.report import ReportError, UnknownRunError, write_report_bundle
