@@ -52,12 +52,28 @@ def coder_messages(
     plan: str = "",
     repair: dict[str, Any] | None = None,
 ) -> list[BaseMessage]:
-    """The coder's prompt: contract text, k snippets, the best so far, the critic's feedback, and when
-    repairing, the previous attempt with its violations (code, line, hint)."""
-    parts = [f"# The contract\n\n{contract.render()}"]
-    if snippets:
-        shown = "\n\n".join(f"## {name}\n```python\n{get_component(name).source()}\n```" for name in snippets)
-        parts.append(f"# Components you may use\n\n{shown}")
+    """The coder's prompt: the contract, the components, the best so far, the critic's feedback, and when
+    repairing, the previous attempt with its violations (code, line, hint).
+
+    `code` mode shows the contract's full rendered text and the k snippets' source. `spec` mode shows only
+    what a spec can change (the contract's budgets and shapes) and the snippets' tunable options: the code
+    is rendered from the library, so the API text would only cost prompt tokens (6k of them, minutes on a
+    small local model on a CPU) without changing any choice the model can make."""
+    if mode == "code":
+        parts = [f"# The contract\n\n{contract.render()}"]
+        if snippets:
+            shown = "\n\n".join(f"## {name}\n```python\n{get_component(name).source()}\n```" for name in snippets)
+            parts.append(f"# Components you may use\n\n{shown}")
+    else:
+        b, c, h, w = contract.input_shape
+        parts = [f"# The contract ({contract.name} {contract.version})\n\n{h}x{w} RGB images, vocabulary of "
+                 f"{contract.vocab_size} ids, captions of {contract.max_len} tokens. Budgets: at most "
+                 f"{contract.budgets.max_params:,} parameters (frozen ones count) and "
+                 f"{contract.budgets.max_latency_ms:g} ms per image at inference."]
+        if snippets:
+            shown = "\n".join(f"- {name}: " + "; ".join(f"{k} {v}" for k, v in get_component(name).tunable().items())
+                              for name in snippets)
+            parts.append(f"# Components suggested for this round\n\n{shown}")
     parts.append(f"# Best candidates so far\n\n{leaderboard or '(none yet)'}")
     parts.append(f"# Critic's feedback\n\n{feedback or '(none yet)'}")
     if plan:

@@ -20,7 +20,10 @@ CRITIC_SYSTEM = (
 
 
 class Critique(BaseModel):
-    feedback: str = Field(description="2-4 sentences for the coder: what worked, what failed, what to change next")
+    # max_length bounds the string in the JSON grammar a local server constrains to: a small model otherwise
+    # rambles on until the output-token cap and the answer is lost.
+    feedback: str = Field(max_length=600, description="2-4 sentences for the coder: what worked, what failed, "
+                                                      "what to change next")
     decision: Literal["refine", "explore", "stop"] = Field(
         description="refine: improve the best candidate; explore: try other families; stop: the search is done"
     )

@@ -110,7 +110,7 @@ def resume(workspace: str | Path, run_id: str, models: AgentModels | None = None
         known = ", ".join(r["run_id"] for r in journal.list_runs()[:5]) or "none"
         raise RunError(f"no run {run_id!r} in {journal.path} (recent runs: {known})", usage=True)
     record = run["config"]
-    if models is None and record.get("models"):
+    if models is None and record.get("models") and not record.get("extra", {}).get("embedded_model"):
         models = AgentModels(**record["models"])
     ctx = Context.from_record({**record, "workspace": str(workspace)}, models)
     with compiled_graph(workspace) as graph:
@@ -122,6 +122,14 @@ def resume(workspace: str | Path, run_id: str, models: AgentModels | None = None
         return summarize(workspace, run_id)  # already finished
     journal.set_run_status(run_id, "running")
     return drive(workspace, run_id, ctx, None, on_event, on_interrupt)
+
+
+def recorded_context(workspace: str | Path, run_id: str) -> Context:
+    """The settings a run was started with (no models: keys are never stored)."""
+    run = Journal(journal_path(workspace)).get_run(run_id)
+    if run is None:
+        raise RunError(f"no run {run_id!r} in {journal_path(workspace)} (see `capnas runs`)", usage=True)
+    return Context.from_record({**run["config"], "workspace": str(workspace)}, None)
 
 
 def summarize(workspace: str | Path, run_id: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class RunSettings(BaseModel):
     llm_api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     llm_timeout_s: float = Field(120.0, gt=0, description="seconds before an LLM request is retried")
     llm_max_retries: int = Field(2, ge=0, description="retries on 429, 5xx and timeouts (with backoff)")
+    embedded_model: str = Field("qwen2.5-coder-0.5b", description="local model served when no endpoint is given")
     llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-role overrides, e.g. coder: {model: ...}")
     max_candidates: int = Field(6, ge=1)
     time_budget: float = Field(15.0, gt=0, description="minutes for the whole run")
@@ -41,7 +42,7 @@ class RunSettings(BaseModel):
     max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the device")
     max_tokens: int | None = None
     max_cost_usd: float | None = None
-    device: str = "cpu"
+    device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per training job (default: torch's)")
     run_dir: str = ".capnas"
     seed: int = 0
@@ -86,7 +87,14 @@ class RunSettings(BaseModel):
                             timeout_s=self.llm_timeout_s, max_retries=self.llm_max_retries)
         return AgentModels(default=default, roles=self.llm_roles)
 
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def context(self, models: AgentModels | None) -> Context:
-        return Context(workspace=self.run_dir, generation=self.generation, models=models, device=self.device,
+        return Context(workspace=self.run_dir, generation=self.generation, models=models, device=self.resolved_device(),
                        threads=self.threads, k_snippets=self.k_snippets, max_repairs=self.max_repairs, seed=self.seed,
                        confirm_task=self.confirm)

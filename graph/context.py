@@ -34,13 +34,13 @@ class Context:
         return {
             "workspace": self.workspace, "generation": self.generation, "device": self.device, "threads": self.threads,
             "k_snippets": self.k_snippets, "max_repairs": self.max_repairs, "seed": self.seed,
-            "confirm_task": self.confirm_task, "models": models,
+            "confirm_task": self.confirm_task, "models": models, "extra": self.extra,
         }
 
     @classmethod
     def from_record(cls, record: dict, models: AgentModels | None) -> "Context":
         """The Context `to_record` described, with `models` (keys come from the environment, not the journal)."""
         fields = {k: record[k] for k in ("workspace", "generation", "device", "threads", "k_snippets",
-                                          "max_repairs", "seed", "confirm_task") if k in record}
+                                          "max_repairs", "seed", "confirm_task", "extra") if k in record}
         return cls(**fields, models=models)
 

@@ -98,6 +98,10 @@ def test_code_mode_run_repairs_retries_and_scores_honestly(tmp_path: Path) -> No
     for key, value in best["metrics"].items():
         assert scores[key] == pytest.approx(value, abs=1e-9), key
 
+    # The run ends with its report and the exported best model.
+    assert Path(summary["report"]["html"]).is_file()
+    assert (Path(summary["report"]["model_dir"]) / "weights.pt").is_file()
+
     listed = _capnas("runs", "--run-dir", str(tmp_path / "ws"), "--json")
     assert [r["run_id"] for r in json.loads(listed.stdout)] == [summary["run_id"]]
 
@@ -138,7 +142,7 @@ def test_killed_at_random_points_resume_always_completes(tmp_path: Path) -> None
     while kills < 10:
         started = _journal_run(workspace, run_id) is not None
         argv = ["resume", run_id, "--run-dir", str(workspace)] if started else \
-               ["run", "--config", str(config), "--run-id", run_id]
+               ["run", "--config", str(config), "--run-id", run_id, "--no-report"]
         proc = subprocess.Popen([sys.executable, "-m", "capnas", *argv, "--json"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
         try:
@@ -192,10 +196,10 @@ def test_spec_and_random_runs_with_one_budget_share_a_leaderboard(tmp_path: Path
     with ScriptedLLMServer(script) as server:
         spec_run = _capnas("run", "--config", str(_config(tmp_path, generation="spec", llm_base_url=server.base_url,
                                                           llm_model="scripted", **budget)),
-                           "--run-id", "guided", "--json")
+                           "--run-id", "guided", "--json", "--no-report")
         assert spec_run.returncode == 0, spec_run.stderr[-3000:]
     random_run = _capnas("run", "--config", str(_config(tmp_path, generation="random", seed=3, **budget)),
-                         "--run-id", "baseline", "--json")
+                         "--run-id", "baseline", "--json", "--no-report")
     assert random_run.returncode == 0, random_run.stderr[-3000:]
 
     summaries = [json.loads(spec_run.stdout), json.loads(random_run.stdout)]
@@ -224,7 +228,7 @@ def test_a_budget_change_and_a_stop_request_are_obeyed_between_candidates(tmp_pa
     journal.request("stopped", "stop")
     for run_id, reason in (("smaller", "max_candidates"), ("stopped", "stopped_by_user")):
         done = _capnas("run", "--config", str(_config(tmp_path, generation="random", max_candidates=5, epochs=1)),
-                       "--run-id", run_id, "--json")
+                       "--run-id", run_id, "--json", "--no-report")
         assert done.returncode == 0, done.stderr[-3000:]
         summary = json.loads(done.stdout)
         assert (summary["candidates"], summary["stop_reason"]) == (1, reason)

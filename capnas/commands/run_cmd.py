@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,10 +48,57 @@ def _progress_printer(json_mode: bool):
     return on_event
 
 
+@contextmanager
+def _llm(models, generation: str, embedded_model: str | None) -> Iterator[tuple[Any, str]]:
+    """The run's LLMs and a line saying which: the configured endpoint; else, unless the run needs no LLM
+    (`random`), the embedded local model, served for as long as the block lasts."""
+    if models is not None:
+        default = models.default
+        yield models, f"{default.model} at {default.base_url or 'api.openai.com'}"
+    elif generation == "random" or embedded_model is None:
+        yield None, "none (random generation needs no LLM)"
+    else:
+        from capnas.embedded_llm import EmbeddedLLMError, embedded_models
+
+        try:
+            with embedded_models(embedded_model, progress=lambda line: typer.echo(line, err=True)) as (local, line):
+                yield local, line
+        except EmbeddedLLMError as err:
+            typer.echo(f"capnas: the embedded LLM could not start: {err}\n  pass --llm-base-url/--llm-model to "
+                       "use another OpenAI-compatible server, or --generation random to run without an LLM",
+                       err=True)
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _banner(llm_line: str, settings, device: str) -> None:
+    """One line at start: which LLM, data, device, sandbox tier and budget this run uses."""
+    from capnas.sandbox import detect_tier
+
+    tier = detect_tier()
+    typer.echo(f"capnas run: LLM {llm_line}; data {settings.dataset}; device {device}; sandbox tier {tier.tier}; "
+               f"budget {settings.max_candidates} candidates, {settings.time_budget:g} min, "
+               f"{settings.generation} generation", err=True)
+
+
 def _log_to_file(run_dir: str) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=Path(run_dir) / "capnas.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _write_report(summary: dict[str, Any], workspace: str) -> None:
+    """The run's HTML report, model card and exported best model (a failure here never fails the run)."""
+    from capnas.commands.report_cmd import read_run
+    from capnas.tools.report import write_report_bundle
+
+    try:
+        files = write_report_bundle(read_run(workspace, summary["run_id"]), workspace)
+    except Exception as err:  # noqa: BLE001 - the run's results are in the journal either way
+        logging.getLogger(__name__).exception("report failed")
+        summary["report"] = {"error": f"{type(err).__name__}: {err}"}
+        return
+    summary["report"] = {"html": str(files.html), "model_card": str(files.model_card) if files.model_card else None,
+                         "model_dir": str(files.model_dir) if files.model_dir else None}
 
 
 def _finish(summary: dict[str, Any], json_mode: bool) -> None:
@@ -65,6 +114,9 @@ def _finish(summary: dict[str, Any], json_mode: bool) -> None:
         if best:
             Console().print(f"best {best['candidate_id']}: " + " ".join(
                 f"{k}={v:.3f}" for k, v in (best["metrics"] or {}).items() if isinstance(v, float)))
+        for what, path in (summary.get("report") or {}).items():
+            if path:
+                Console().print(f"{what.replace('_', ' ')}: {path}")
     raise typer.Exit(EXIT_OK if summary["status"] in ("finished", "stopped") else EXIT_FAILED)
 
 
@@ -88,35 +140,54 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
         run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Workspace for journal and artifacts."),
         seed: Optional[int] = typer.Option(None, "--seed"),
+        image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size the contract fixes."),
+        max_len: Optional[int] = typer.Option(None, "--max-len", help="Caption length in tokens, BOS/EOS included."),
+        max_params: Optional[int] = typer.Option(None, "--max-params", help="Parameter budget per model."),
+        max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency budget per image."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per training job."),
+        k_snippets: Optional[int] = typer.Option(None, "--k-snippets", help="Component snippets the coder sees."),
+        max_repairs: Optional[int] = typer.Option(None, "--max-repairs", help="Repair rounds per candidate."),
+        llm_timeout_s: Optional[float] = typer.Option(None, "--llm-timeout-s", help="Seconds per LLM request."),
+        llm_max_retries: Optional[int] = typer.Option(None, "--llm-max-retries", help="Retries on 429/5xx/timeouts."),
+        embedded_model: Optional[str] = typer.Option(None, "--embedded-model",
+                                                     help="Local model when no endpoint is given."),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Name the run (default: time and a random suffix)."),
+        report: bool = typer.Option(True, "--report/--no-report",
+                                    help="Write the HTML report and export the best model at the end."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
     ) -> None:
-        """Run a design search headless; resumable with `capnas resume RUN_ID`."""
+        """Run a design search headless; resumable with `capnas resume RUN_ID`.
+
+        Exit status: 0 finished or stopped on a budget, 1 the run failed (resume it), 2 bad options or config."""
         from capnas import runner
         from capnas.settings import RunSettings, SettingsError
 
         overrides = dict(requirement=requirement, dataset=dataset, images=images, generation=generation,
                          llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,
                          max_candidates=max_candidates, time_budget=time_budget, epochs=epochs, train_time=train_time,
-                         max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed)
+                         max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed,
+                         image_size=image_size, max_len=max_len, max_params=max_params, max_latency_ms=max_latency_ms,
+                         threads=threads, k_snippets=k_snippets, max_repairs=max_repairs, llm_timeout_s=llm_timeout_s,
+                         llm_max_retries=llm_max_retries, embedded_model=embedded_model)
         try:
             settings = RunSettings.load(config, overrides)
         except SettingsError as err:
             typer.echo(f"capnas run: {err}", err=True)
             raise typer.Exit(EXIT_USAGE)
-        models = settings.models()
-        if models is None and settings.generation != "random":
-            typer.echo("capnas run: no LLM configured: pass --llm-base-url/--llm-model (any OpenAI-compatible server) "
-                       "or use --generation random", err=True)
-            raise typer.Exit(EXIT_USAGE)
         _log_to_file(settings.run_dir)
-        ctx = settings.context(models)
-        try:
-            summary = runner.start(ctx, settings.task().model_dump(), settings.requirement, run_id=run_id,
-                                   on_event=_progress_printer(json_out))
-        except runner.RunError as err:
-            typer.echo(f"capnas run: {err}", err=True)
-            raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
+        with _llm(settings.models(), settings.generation, settings.embedded_model) as (models, llm_line):
+            ctx = settings.context(models)
+            if models is not None and settings.models() is None:
+                ctx.extra["embedded_model"] = settings.embedded_model  # so `resume` starts it again
+            _banner(llm_line, settings, ctx.device)
+            try:
+                summary = runner.start(ctx, settings.task().model_dump(), settings.requirement, run_id=run_id,
+                                       on_event=_progress_printer(json_out))
+            except runner.RunError as err:
+                typer.echo(f"capnas run: {err}", err=True)
+                raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
+        if report:
+            _write_report(summary, settings.run_dir)
         _finish(summary, json_out)
 
     @app.command("resume")
@@ -129,7 +200,9 @@ def register(app: typer.Typer) -> None:
         from capnas import runner
 
         try:
-            summary = runner.resume(run_dir, run_id, on_event=_progress_printer(json_out))
+            embedded = runner.recorded_context(run_dir, run_id).extra.get("embedded_model")
+            with _llm(None, "spec" if embedded else "random", embedded) as (models, llm_line):
+                summary = runner.resume(run_dir, run_id, models=models, on_event=_progress_printer(json_out))
         except runner.RunError as err:
             typer.echo(f"capnas resume: {err}", err=True)
             raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
