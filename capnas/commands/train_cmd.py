@@ -55,7 +55,8 @@ def register(app: typer.Typer) -> None:
     def train_command(
         file: Path = typer.Argument(..., metavar="FILE.py", help="The caption-net-v1 model module to train."),
         dataset: str = typer.Option(
-            ..., "--dataset", metavar="SPEC", help="'shapes', 'shapes:N', or the path of a Karpathy/COCO captions json."),
+            ..., "--dataset", metavar="SPEC",
+            help="'shapes', 'shapes:N', or the path of a Karpathy/COCO captions json."),
         images: Path | None = typer.Option(
             None, "--images", metavar="DIR", help="Image folder of a json dataset (default: images/ beside the json)."),
         epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training split."),
@@ -64,14 +65,18 @@ def register(app: typer.Typer) -> None:
             help="Seconds of training (learn plus val generation); the epoch in flight is cut short. Default: none."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         hp: list[str] = typer.Option(
-            [], "--hp", metavar="NAME=VALUE", help="A hyperparameter the model declares, e.g. --hp lr=1e-3 (repeatable)."),
+            [], "--hp", metavar="NAME=VALUE",
+            help="A hyperparameter the model declares, e.g. --hp lr=1e-3 (repeatable)."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch, each with all its captions."),
         patience: int = typer.Option(
             3, "--patience", min=0, help="Stop after this many epochs without a better val CIDEr (0: never)."),
-        image_size: int = typer.Option(_TASK["image_size"].default, "--image-size", help="Square input size in pixels."),
-        max_len: int = typer.Option(_TASK["max_len"].default, "--max-len", help="Caption length, BOS and EOS included."),
+        image_size: int = typer.Option(
+            _TASK["image_size"].default, "--image-size", help="Square input size in pixels."),
+        max_len: int = typer.Option(
+            _TASK["max_len"].default, "--max-len", help="Caption length, BOS and EOS included."),
         min_count: int = typer.Option(
-            _TASK["min_count"].default, "--min-count", help="Minimum train-caption count for a word to enter the vocabulary."),
+            _TASK["min_count"].default, "--min-count",
+            help="Minimum train-caption count for a word to enter the vocabulary."),
         seed: int = typer.Option(0, "--seed", help="Seed of torch and of the batch order."),
         threads: int | None = typer.Option(
             None, "--threads", min=1, help="torch CPU threads in the job (default: torch's, one per core)."),
