@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/capnas demo
+	$(VENV)/bin/capnas run $(DEMO_ARGS)
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -37,6 +37,23 @@ class RunError(RuntimeError):
         self.usage = usage
 
 
+@contextmanager
+def run_models(models: AgentModels | None, generation: str, embedded_model: str | None,
+               progress: Callable[[str], None] | None = None) -> Iterator[tuple[AgentModels | None, str]]:
+    """The run's LLMs and a line saying which: the configured endpoint; else, unless the run needs no LLM
+    (`random`), the embedded local model, served for as long as the block lasts (raises EmbeddedLLMError
+    when it cannot start)."""
+    if models is not None:
+        yield models, f"{models.default.model} at {models.default.base_url or 'api.openai.com'}"
+    elif generation == "random" or embedded_model is None:
+        yield None, "none (random generation needs no LLM)"
+    else:
+        from capnas.embedded_llm import embedded_models
+
+        with embedded_models(embedded_model, progress=progress) as (local, line):
+            yield local, line
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 

@@ -22,33 +22,33 @@ class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requirement: str = Field("", description="what the person needs, in their words")
-    dataset: str = "shapes"
-    images: str | None = None
-    generation: Literal["code", "spec", "random"] = "spec"
+    dataset: str = Field("shapes", description="shapes, shapes:N, or a Karpathy/COCO captions json")
+    images: str | None = Field(None, description="image folder of a json dataset (default: images/ beside it)")
+    generation: Literal["code", "spec", "random"] = Field("spec", description="code, spec or random")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; none: the embedded local model")
-    llm_model: str | None = None
+    llm_model: str | None = Field(None, description="model name at that endpoint")
     llm_api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     llm_timeout_s: float = Field(120.0, gt=0, description="seconds before an LLM request is retried")
     llm_max_retries: int = Field(2, ge=0, description="retries on 429, 5xx and timeouts (with backoff)")
     embedded_model: str = Field("qwen2.5-coder-0.5b", description="local model served when no endpoint is given")
     llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-role overrides, e.g. coder: {model: ...}")
-    max_candidates: int = Field(6, ge=1)
+    max_candidates: int = Field(6, ge=1, description="candidates generated in the whole run")
     time_budget: float = Field(15.0, gt=0, description="minutes for the whole run")
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(6, ge=1, description="max training epochs per candidate (early stopping may end sooner)")
     train_time: float = Field(120.0, gt=0, description="seconds of training per candidate")
-    image_size: int = 64
-    max_len: int = 28
-    max_params: int = 5_000_000
+    image_size: int = Field(64, description="square input size the contract fixes")
+    max_len: int = Field(28, description="caption length in tokens, BOS and EOS included")
+    max_params: int = Field(5_000_000, description="parameter budget per model (frozen ones count)")
     max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the device")
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
+    max_tokens: int | None = Field(None, description="LLM token budget for the run (stops it cleanly)")
+    max_cost_usd: float | None = Field(None, description="LLM money budget for the run (needs prices per role)")
     device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per training job (default: torch's)")
-    run_dir: str = ".capnas"
-    seed: int = 0
-    k_snippets: int = 2
-    max_repairs: int = 2
-    confirm: bool = False
+    run_dir: str = Field(".capnas", description="workspace: journal, checkpoints, artifacts, reports, log")
+    seed: int = Field(0, description="seed of random generation and training")
+    k_snippets: int = Field(2, description="component snippets the coder is shown")
+    max_repairs: int = Field(2, description="repair rounds per candidate after contract violations")
+    confirm: bool = Field(False, description="stop after planning so a person confirms the task (chat)")
 
     @classmethod
     def load(cls, config: Path | None, overrides: dict[str, Any]) -> RunSettings:

@@ -140,6 +140,9 @@ def coder_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         code, spec = _random_candidate(svc, state["round"], ctx.seed)
         if code is None:
             return _stop("search_space_exhausted")
+    elif ctx.models is None:
+        raise ValueError(f"generation {ctx.generation!r} needs LLMs: set Context.models (per-role endpoints), or use "
+                         "generation='random' to search without one")
     else:
         snippets = coder.choose_snippets(plan.encoders, plan.decoders, ctx.k_snippets)
         board = critic.summarize([r for r in _rows(svc) if r["status"] == "trained"], svc.task.objective)

@@ -50,24 +50,18 @@ def _progress_printer(json_mode: bool):
 
 @contextmanager
 def _llm(models, generation: str, embedded_model: str | None) -> Iterator[tuple[Any, str]]:
-    """The run's LLMs and a line saying which: the configured endpoint; else, unless the run needs no LLM
-    (`random`), the embedded local model, served for as long as the block lasts."""
-    if models is not None:
-        default = models.default
-        yield models, f"{default.model} at {default.base_url or 'api.openai.com'}"
-    elif generation == "random" or embedded_model is None:
-        yield None, "none (random generation needs no LLM)"
-    else:
-        from capnas.embedded_llm import EmbeddedLLMError, embedded_models
+    """`runner.run_models`, with a failing embedded model turned into a clear message and exit 1."""
+    from capnas import runner
+    from capnas.embedded_llm import EmbeddedLLMError
 
-        try:
-            with embedded_models(embedded_model, progress=lambda line: typer.echo(line, err=True)) as (local, line):
-                yield local, line
-        except EmbeddedLLMError as err:
-            typer.echo(f"capnas: the embedded LLM could not start: {err}\n  pass --llm-base-url/--llm-model to "
-                       "use another OpenAI-compatible server, or --generation random to run without an LLM",
-                       err=True)
-            raise typer.Exit(EXIT_FAILED)
+    try:
+        with runner.run_models(models, generation, embedded_model,
+                               progress=lambda line: typer.echo(line, err=True)) as chosen:
+            yield chosen
+    except EmbeddedLLMError as err:
+        typer.echo(f"capnas: the embedded LLM could not start: {err}\n  pass --llm-base-url/--llm-model to "
+                   "use another OpenAI-compatible server, or --generation random to run without an LLM", err=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _banner(llm_line: str, settings, device: str) -> None:
