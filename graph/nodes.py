@@ -194,6 +194,12 @@ def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing) -
     if existing is None:
         cand = svc.journal.add_candidate(svc.run_id, code, round=state["round"], mode=runtime.context.generation,
                                          parent_id=state.get("parent_id"), spec=spec, plan=describe, candidate_id=cid)
+    elif code and normalized_code_hash(code) == normalized_code_hash(existing["code"]):
+        # The repair changed nothing: its verdict would be the same, so spend no probe on it and no more repairs.
+        svc.journal.update_candidate(cid, repairs=repairs)
+        svc.journal.log_event(svc.run_id, "repair_unchanged", {"repairs": repairs}, cid)
+        _emit(runtime, "candidate", candidate_id=cid, status=existing["status"], plan=describe, unchanged=True)
+        return {"repairs": runtime.context.max_repairs}
     else:
         cand = svc.journal.replace_code(cid, code, spec=spec, plan=describe, repairs=repairs)
     if not code:

@@ -146,7 +146,7 @@ def test_killed_at_random_points_resume_always_completes(tmp_path: Path) -> None
         proc = subprocess.Popen([sys.executable, "-m", "capnas", *argv, "--json"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
         try:
-            proc.wait(timeout=rng.uniform(2.0, 25.0))
+            proc.wait(timeout=rng.uniform(2.0, 12.0))  # a run here takes minutes: every trial interrupts it
             out, err = proc.communicate()
             assert proc.returncode == 0, err.decode()[-3000:]
             break  # the run finished before this kill: the remaining trials have nothing to interrupt
@@ -163,7 +163,7 @@ def test_killed_at_random_points_resume_always_completes(tmp_path: Path) -> None
     final = _capnas("resume", run_id, "--run-dir", str(workspace), "--json")
     assert final.returncode == 0, final.stderr[-3000:]
     summary = json.loads(final.stdout)
-    assert summary["status"] == "finished" and kills >= 5, (summary, kills)
+    assert summary["status"] == "finished" and kills == 10, (summary, kills)
 
     journal = Journal(workspace / "journal.sqlite")
     cands = journal.candidates(run_id)

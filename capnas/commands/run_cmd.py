@@ -64,6 +64,12 @@ def _llm(models, generation: str, embedded_model: str | None) -> Iterator[tuple[
         raise typer.Exit(EXIT_FAILED)
 
 
+def _interrupted(run_id: str, run_dir: str) -> None:
+    typer.echo(f"\ninterrupted; everything finished so far is kept. Continue with: "
+               f"capnas resume {run_id} --run-dir {run_dir}", err=True)
+    raise typer.Exit(130)
+
+
 def _banner(llm_line: str, settings, device: str) -> None:
     """One line at start: which LLM, data, device, sandbox tier and budget this run uses."""
     from capnas.sandbox import detect_tier
@@ -174,9 +180,12 @@ def register(app: typer.Typer) -> None:
             if models is not None and settings.models() is None:
                 ctx.extra["embedded_model"] = settings.embedded_model  # so `resume` starts it again
             _banner(llm_line, settings, ctx.device)
+            run_id = run_id or runner.new_run_id()
             try:
                 summary = runner.start(ctx, settings.task().model_dump(), settings.requirement, run_id=run_id,
                                        on_event=_progress_printer(json_out))
+            except KeyboardInterrupt:
+                _interrupted(run_id, settings.run_dir)
             except runner.RunError as err:
                 typer.echo(f"capnas run: {err}", err=True)
                 raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
@@ -197,6 +206,8 @@ def register(app: typer.Typer) -> None:
             embedded = runner.recorded_context(run_dir, run_id).extra.get("embedded_model")
             with _llm(None, "spec" if embedded else "random", embedded) as (models, llm_line):
                 summary = runner.resume(run_dir, run_id, models=models, on_event=_progress_printer(json_out))
+        except KeyboardInterrupt:
+            _interrupted(run_id, run_dir)
         except runner.RunError as err:
             typer.echo(f"capnas resume: {err}", err=True)
             raise typer.Exit(EXIT_USAGE if err.usage else EXIT_FAILED)
