@@ -149,7 +149,7 @@ def coder_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         repair = None
         if repairs and existing is not None:
             repair = {"code": existing["code"], "spec": json.dumps(existing.get("spec")),
-                      "violations": (existing.get("contract") or {}).get("violations", [])}
+                      "violations": (existing.get("contract") or {}).get("violations", []) or _duplicate(existing)}
         messages = coder.coder_messages(ctx.generation, svc.contract, snippets, board, state.get("feedback", ""),
                                         plan=plan.rationale, repair=repair)
         write = coder.write_spec if ctx.generation == "spec" else coder.write_code
@@ -162,6 +162,14 @@ def coder_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
             data = {"code": "", "spec": None, "error": str(err)}
         code, spec = data["code"], data.get("spec")
     return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
+
+
+def _duplicate(cand: dict[str, Any]) -> list[dict[str, Any]]:
+    """A duplicate's 'violation' for the repair prompt (it has no contract report: it was never validated)."""
+    if cand["status"] != "duplicate":
+        return []
+    return [{"code": "DUP-001", "line": None, "message": f"this candidate is {cand['exit_reason']}, which was "
+             "already tried; it will not be trained again.", "hint": "choose a different architecture or options"}]
 
 
 def _coder_call(write, svc: RunServices, messages) -> tuple[dict, str, dict]:

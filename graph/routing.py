@@ -16,12 +16,12 @@ def after_coder(state: RunState) -> Literal["validator", "reporter"]:
 
 
 def after_validation(status: str, generation: str, repairs: int, max_repairs: int) -> Literal["coder", "trainer", "critic"]:
-    """Valid code trains; invalid LLM-written code goes back to the coder with its violations while repair
-    rounds remain; everything else (duplicates, random-mode failures, repairs spent) goes to the critic."""
+    """Valid code trains; invalid or duplicate LLM-written code goes back to the coder with its violations while
+    repair rounds remain; everything else (random-mode failures, repairs spent) goes to the critic."""
     if status == "valid":
         return "trainer"
-    if status == "invalid" and generation != "random" and repairs < max_repairs:
-        return "coder"
+    if status in ("invalid", "duplicate") and generation != "random" and repairs < max_repairs:
+        return "coder"  # a duplicate is never trained twice: the coder is asked for something new instead
     return "critic"
 
 

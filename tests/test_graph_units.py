@@ -20,7 +20,9 @@ from capnas.settings import RunSettings, SettingsError
     ("invalid", "code", 2, "critic"),  # repair rounds spent
     ("invalid", "spec", 1, "coder"),
     ("invalid", "random", 0, "critic"),  # no LLM to repair with
-    ("duplicate", "code", 0, "critic"),  # never validated or trained twice
+    ("duplicate", "spec", 0, "coder"),  # never validated or trained twice: ask for something new
+    ("duplicate", "spec", 2, "critic"),
+    ("duplicate", "random", 0, "critic"),
 ])
 def test_after_validation(status: str, generation: str, repairs: int, expected: str) -> None:
     assert routing.after_validation(status, generation, repairs, max_repairs=2) == expected

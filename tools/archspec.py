@@ -44,7 +44,8 @@ class ArchSpec(BaseModel):
     encoder: EncoderSpec = Field(description="image encoder and its options; `name` picks the component")
     decoder: DecoderSpec = Field(description="caption decoder and its options; `name` picks the component")
     dropout: float = Field(0.3, ge=0.0, le=0.5, description="decoder dropout")
-    lr: float = Field(3e-4, ge=1e-5, le=1e-2, json_schema_extra={"log": True}, description="AdamW learning rate")
+    lr: float = Field(1e-3, ge=1e-5, le=1e-2, json_schema_extra={"log": True},
+                      description="AdamW learning rate (1e-3 suits the recurrent decoders; transformers often 3e-4)")
     weight_decay: float = Field(0.01, ge=0.0, le=0.1, description="AdamW weight decay")
     grad_clip: float = Field(5.0, ge=0.5, le=10.0, description="gradient norm clipping threshold")
     batch_size: Literal[8, 16, 32, 64, 128] = Field(32, description="images per batch, each with all its captions")
