@@ -8,3 +8,5 @@ COMMAND_MODULES = [run_cmd, train_cmd, eval_cmd, validate_cmd, sandbox_cmd]
 from capnas.commands import caption_cmd, export_cmd, report_cmd  # noqa: E402
 
 COMMAND_MODULES += [report_cmd, export_cmd, caption_cmd]
+from capnas.commands import chat_cmd  # noqa: E402  (issue 7: the chat console)
+COMMAND_MODULES += [chat_cmd]
