@@ -104,6 +104,8 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     if _paused(svc):  # between candidates: wait for whoever drives the run to resume it
         interrupt({"question": "paused", "round": round_index})
         svc.journal.request(svc.run_id, "resume")
+    if any(r["action"] == "stop" for r in svc.journal.requests(svc.run_id)):
+        return {**update, **_stop("stopped_by_user")}  # also a stop sent while paused: no further candidate
     plan = planner.default_plan(task, round_index)
     if ctx.generation != "random" and ctx.models is not None and round_index > 0:
         board = critic.summarize(_rows(svc), task.objective)

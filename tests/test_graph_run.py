@@ -222,13 +222,14 @@ def test_spec_and_random_runs_with_one_budget_share_a_leaderboard(tmp_path: Path
 
 def test_a_budget_change_and_a_stop_request_are_obeyed_between_candidates(tmp_path: Path) -> None:
     """Requests a person sends to a live run (the chat's /budget and /stop) go through the journal; here they
-    are sent before the run starts, so the first candidate boundary must obey them."""
+    are sent before the run starts, so the first candidate boundary must obey them (a stop: before any
+    candidate)."""
     journal = Journal(tmp_path / "ws" / "journal.sqlite")
     journal.request("smaller", "budget", max_candidates=1)
     journal.request("stopped", "stop")
-    for run_id, reason in (("smaller", "max_candidates"), ("stopped", "stopped_by_user")):
+    for run_id, reason, count in (("smaller", "max_candidates", 1), ("stopped", "stopped_by_user", 0)):
         done = _capnas("run", "--config", str(_config(tmp_path, generation="random", max_candidates=5, epochs=1)),
                        "--run-id", run_id, "--json", "--no-report")
         assert done.returncode == 0, done.stderr[-3000:]
         summary = json.loads(done.stdout)
-        assert (summary["candidates"], summary["stop_reason"]) == (1, reason)
+        assert (summary["candidates"], summary["stop_reason"]) == (count, reason)
