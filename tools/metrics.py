@@ -257,8 +257,10 @@ class CaptionEvaluator:
             meteor.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # no contextlib here: at interpreter shutdown module globals may already be None
             self.close()
+        except Exception:  # noqa: BLE001 - a destructor must not raise
+            pass
 
     def score(self, refs: Mapping[ImageId, Sequence[str]], cands: Mapping[ImageId, str], *,
               require_all: bool = True) -> EvalResult:
