@@ -139,14 +139,9 @@ def resume(workspace: str | Path, run_id: str, models: AgentModels | None = None
     if not snapshot.next:
         return summarize(workspace, run_id)  # already finished
     journal.set_run_status(run_id, "running")
-    if _paused(journal, run_id):  # whoever paused it is gone (resuming is asking to go on)
+    if journal.paused(run_id):  # whoever paused it is gone (resuming is asking to go on)
         journal.request(run_id, "resume")
     return drive(workspace, run_id, ctx, None, on_event, on_interrupt)
-
-
-def _paused(journal: Journal, run_id: str) -> bool:
-    actions = [r["action"] for r in journal.requests(run_id) if r["action"] in ("pause", "resume")]
-    return bool(actions) and actions[-1] == "pause"
 
 
 def recorded_context(workspace: str | Path, run_id: str) -> Context:

@@ -307,6 +307,14 @@ class Journal:
     def requests(self, run_id: str) -> list[dict[str, Any]]:
         return [e["payload"] for e in self.events(run_id, "control")]
 
+    def paused(self, run_id: str) -> bool:
+        """The latest pause or resume request is a pause."""
+        actions = [r["action"] for r in self.requests(run_id) if r["action"] in ("pause", "resume")]
+        return bool(actions) and actions[-1] == "pause"
+
+    def stop_requested(self, run_id: str) -> bool:
+        return any(r["action"] == "stop" for r in self.requests(run_id))
+
     def events(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         with self._connect() as db:
             sql = "SELECT * FROM events WHERE run_id = ?" + (" AND kind = ?" if kind else "") + " ORDER BY id"

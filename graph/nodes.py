@@ -101,10 +101,10 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     task = Task(**update.get("task", state.get("task", {})))
     round_index = update.get("round", state.get("round", 0))
     svc = services_for(ctx, state["run_id"], task.model_dump())
-    if _paused(svc):  # between candidates: wait for whoever drives the run to resume it
+    if svc.journal.paused(svc.run_id):  # between candidates: wait for whoever drives the run to resume it
         interrupt({"question": "paused", "round": round_index})
         svc.journal.request(svc.run_id, "resume")
-    if any(r["action"] == "stop" for r in svc.journal.requests(svc.run_id)):
+    if svc.journal.stop_requested(svc.run_id):
         return {**update, **_stop("stopped_by_user")}  # also a stop sent while paused: no further candidate
     plan = planner.default_plan(task, round_index)
     if ctx.generation != "random" and ctx.models is not None and round_index > 0:
@@ -324,7 +324,7 @@ def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) -> str | None:
     budgets = svc.task.budgets.model_copy(update=_budget_changes(svc))
-    if any(r["action"] == "stop" for r in svc.journal.requests(svc.run_id)):
+    if svc.journal.stop_requested(svc.run_id):
         return "stopped_by_user"
     if update["round"] >= budgets.max_candidates:
         return "max_candidates"
@@ -344,11 +344,6 @@ def _budget_changes(svc: RunServices) -> dict[str, Any]:
         if r["action"] == "budget":
             changes.update({k: r[k] for k in ("max_candidates", "time_budget_min") if r.get(k) is not None})
     return changes
-
-
-def _paused(svc: RunServices) -> bool:
-    pauses = [r["action"] for r in svc.journal.requests(svc.run_id) if r["action"] in ("pause", "resume")]
-    return bool(pauses) and pauses[-1] == "pause"
 
 
 # -- reporter -----------------------------------------------------------------------------------------

@@ -107,3 +107,17 @@ def test_requests_to_a_live_run_are_kept_in_order(tmp_path):
     assert journal.requests(run)[1]["max_candidates"] == 3
     with pytest.raises(ValueError, match="unknown run request 'halt'"):
         journal.request(run, "halt")
+
+
+def test_pause_and_stop_are_read_from_the_latest_requests(tmp_path):
+    from capnas.graph.journal import Journal
+
+    journal = Journal(tmp_path / "j.sqlite")
+    run = journal.create_run({}, {})
+    assert not journal.paused(run) and not journal.stop_requested(run)
+    journal.request(run, "pause")
+    assert journal.paused(run)
+    journal.request(run, "resume")
+    assert not journal.paused(run)
+    journal.request(run, "stop")
+    assert journal.stop_requested(run)
