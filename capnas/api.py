@@ -30,10 +30,7 @@ def design(on_event=None, **settings: Any) -> dict[str, Any]:
     Returns the run summary (run_id, status, counts, best candidate with its metrics, tokens, cost)."""
     s = RunSettings(**settings)
     with runner.run_models(s.models(), s.generation, s.embedded_model) as (models, _):
-        ctx = s.context(models)
-        if models is not None and s.models() is None:
-            ctx.extra["embedded_model"] = s.embedded_model
-        return runner.start(ctx, s.task().model_dump(), s.requirement, on_event=on_event)
+        return runner.start(s.context(models), s.task().model_dump(), s.requirement, on_event=on_event)
 
 
 def as_tool(**defaults: Any) -> StructuredTool:

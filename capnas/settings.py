@@ -102,6 +102,9 @@ class RunSettings(BaseModel):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def context(self, models: AgentModels | None) -> Context:
+        """The run's Context. Models given while none are configured are the embedded local model's: the
+        Context records which one, so `capnas resume` can serve it again (its port dies with the process)."""
+        embedded = models is not None and self.models() is None
         return Context(workspace=self.run_dir, generation=self.generation, models=models, device=self.resolved_device(),
                        threads=self.threads, k_snippets=self.k_snippets, max_repairs=self.max_repairs, seed=self.seed,
-                       confirm_task=self.confirm)
+                       confirm_task=self.confirm, extra={"embedded_model": self.embedded_model} if embedded else {})

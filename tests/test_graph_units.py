@@ -76,3 +76,11 @@ def test_a_bad_config_file_is_named_with_the_key(tmp_path: Path, text: str, mess
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         RunSettings.load(tmp_path / "nope.yaml", {})
+
+
+def test_the_context_records_the_embedded_model_only_when_it_serves_the_run() -> None:
+    local = AgentModels(default=LLMConfig(model="qwen", base_url="http://127.0.0.1:1/v1"))
+    assert RunSettings(embedded_model="1.5b").context(local).extra == {"embedded_model": "1.5b"}
+    configured = RunSettings(llm_base_url="http://127.0.0.1:2/v1", llm_model="m")
+    assert configured.context(configured.models()).extra == {}
+    assert RunSettings(generation="random").context(None).extra == {}

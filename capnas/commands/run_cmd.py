@@ -177,8 +177,6 @@ def register(app: typer.Typer) -> None:
         _log_to_file(settings.run_dir)
         with _llm(settings.models(), settings.generation, settings.embedded_model) as (models, llm_line):
             ctx = settings.context(models)
-            if models is not None and settings.models() is None:
-                ctx.extra["embedded_model"] = settings.embedded_model  # so `resume` starts it again
             _banner(llm_line, settings, ctx.device)
             run_id = run_id or runner.new_run_id()
             try:

@@ -51,7 +51,6 @@ class ChatSession:
         self.settings = settings.model_copy(update={"confirm": True})
         configured = self.settings.models()
         self.models, self.llm_line = llm or (configured, _describe(configured))
-        self.embedded = self.models is not None and configured is None  # the embedded local model
         self.workspace = self.settings.run_dir
         self.journal = Journal(journal_path(self.workspace))
         self.console, self.reader, self.live, self.echo = console, reader, live, echo
@@ -185,8 +184,6 @@ class ChatSession:
         task = self.settings.task().model_dump()
         self.view = RunView(run_id, task)
         ctx = self.settings.context(self.models)
-        if self.embedded:
-            ctx.extra["embedded_model"] = self.settings.embedded_model  # so that `capnas resume` starts it again
         self.run = RunThread(self._start, ctx, task, requirement, run_id, self.on_event).start()
         self.say(f"run [bold]{run_id}[/bold]: the planner is turning that into a task…")
         self.set_phase("drafting")
