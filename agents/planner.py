@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from itertools import product
 from typing import Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -98,6 +99,32 @@ def default_plan(task: Task, round_index: int) -> RoundPlan:
         decoders=decs[round_index % len(decs):] + decs[: round_index % len(decs)],
         rationale="every family in turn",
     )
+
+
+def assign(plan: RoundPlan, n: int, tried: set[tuple[str, str]], keep: tuple[str, str] | None = None,
+           fallback: RoundPlan | None = None) -> list[tuple[str, str]]:
+    """(encoder, decoder) families for this round's `n` candidates. Pairs are ranked by the plan's order (the
+    planner's first choices first), then `fallback`'s pairs (what the task allows) that the plan left out; each
+    candidate takes the best-ranked pair this run has not tried yet, so a small model that names the same
+    families every round still explores. `keep` (the parent a refine starts from) goes first. Once every pair
+    has been tried the plan's ranking repeats: the coder then varies options within the families."""
+    preferred = _ranked(plan)
+    ranked = preferred + [p for p in (_ranked(fallback) if fallback else []) if p not in preferred]
+    chosen = [keep] if keep else []
+    for pair in ranked:
+        if len(chosen) >= n:
+            break
+        if pair not in tried and pair not in chosen:
+            chosen.append(pair)
+    while len(chosen) < n:
+        chosen.append(preferred[len(chosen) % len(preferred)])
+    return chosen[:n]
+
+
+def _ranked(plan: RoundPlan) -> list[tuple[str, str]]:
+    """Every (encoder, decoder) pair of a plan, best first: by the sum of their places in its two lists."""
+    pairs = sorted(product(enumerate(plan.encoders), enumerate(plan.decoders)), key=lambda p: (p[0][0] + p[1][0], p[0][0]))
+    return [(e, d) for (_, e), (_, d) in pairs]
 
 
 def sanitize(plan: RoundPlan, task: Task) -> RoundPlan:

@@ -76,8 +76,9 @@ def drive(workspace: str | Path, run_id: str, ctx: Context, first_input: Any,
                 pending = None
                 # durability="sync": each step's checkpoint is on disk before the next step starts, so a crash
                 # loses at most the step in flight (whose spending nodes are idempotent).
-                for mode, chunk in graph.stream(payload, config, context=ctx, stream_mode=["updates", "custom"],
-                                                durability="sync"):
+                # subgraphs=True: the candidate branches' events (coder, validator, trainer) stream too.
+                for _ns, mode, chunk in graph.stream(payload, config, context=ctx, stream_mode=["updates", "custom"],
+                                                     durability="sync", subgraphs=True):
                     if mode == "custom" and on_event:
                         on_event(chunk)
                     elif mode == "updates" and "__interrupt__" in chunk:

@@ -33,6 +33,10 @@ class RunSettings(BaseModel):
     embedded_model: str = Field("qwen2.5-coder-0.5b", description="local model served when no endpoint is given")
     llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-role overrides, e.g. coder: {model: ...}")
     max_candidates: int = Field(8, ge=1, description="candidates generated in the whole run")
+    min_candidates: int = Field(5, ge=0, description="trained candidates before the critic may end the search early")
+    concurrency: int = Field(2, ge=1, le=64, description="candidates per round, validated and trained at once")
+    executor: Literal["local", "ray"] = Field("local", description="local (sandboxed child processes) or ray (the same jobs as Ray tasks)")
+    ray_address: str | None = Field(None, description="Ray cluster address for --executor ray (none: a local Ray instance)")
     time_budget: float = Field(14.0, gt=0, description="minutes for the whole run (checked between candidates)")
     epochs: int = Field(8, ge=1, description="max training epochs per candidate (early stopping may end sooner)")
     train_time: float = Field(80.0, gt=0, description="seconds of training per candidate")
@@ -43,7 +47,7 @@ class RunSettings(BaseModel):
     max_tokens: int | None = Field(None, description="LLM token budget for the run (stops it cleanly)")
     max_cost_usd: float | None = Field(None, description="LLM money budget for the run (needs prices per role)")
     device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per training job (default: torch's)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per training job (default: the cores shared by a round's jobs)")
     run_dir: str = Field(".capnas", description="workspace: journal, checkpoints, artifacts, reports, log")
     seed: int = Field(0, description="seed of random generation and training")
     k_snippets: int = Field(2, description="component snippets the coder is shown")
@@ -83,7 +87,7 @@ class RunSettings(BaseModel):
         return Task(
             dataset=self.dataset, images=self.images, image_size=self.resolved_image_size(), max_len=self.max_len,
             max_params=self.max_params, max_latency_ms=self.max_latency_ms,
-            budgets=Budgets(max_candidates=self.max_candidates, time_budget_min=self.time_budget, epochs=self.epochs,
+            budgets=Budgets(max_candidates=self.max_candidates, min_candidates=self.min_candidates, time_budget_min=self.time_budget, epochs=self.epochs,
                             train_time_s=self.train_time, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd),
         )
 
@@ -107,4 +111,5 @@ class RunSettings(BaseModel):
         embedded = models is not None and self.models() is None
         return Context(workspace=self.run_dir, generation=self.generation, models=models, device=self.resolved_device(),
                        threads=self.threads, k_snippets=self.k_snippets, max_repairs=self.max_repairs, seed=self.seed,
-                       confirm_task=self.confirm, extra={"embedded_model": self.embedded_model} if embedded else {})
+                       confirm_task=self.confirm, concurrency=self.concurrency, executor=self.executor,
+                       ray_address=self.ray_address, extra={"embedded_model": self.embedded_model} if embedded else {})

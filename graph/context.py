@@ -22,6 +22,9 @@ class Context:
     max_repairs: int = 2  # coder repair rounds per candidate after contract violations
     seed: int = 0
     confirm_task: bool = False  # interrupt after planning so a person can confirm or edit the task
+    concurrency: int = 1  # candidates per round, validated and trained at once
+    executor: Literal["local", "ray"] = "local"  # where sandboxed jobs run: child processes here, or Ray tasks
+    ray_address: str | None = None  # an existing Ray cluster (None: a local Ray instance)
     extra: dict = field(default_factory=dict)  # free-form settings for integrations
 
     def to_record(self) -> dict:
@@ -34,13 +37,15 @@ class Context:
         return {
             "workspace": self.workspace, "generation": self.generation, "device": self.device, "threads": self.threads,
             "k_snippets": self.k_snippets, "max_repairs": self.max_repairs, "seed": self.seed,
-            "confirm_task": self.confirm_task, "models": models, "extra": self.extra,
+            "confirm_task": self.confirm_task, "concurrency": self.concurrency, "executor": self.executor,
+            "ray_address": self.ray_address, "models": models, "extra": self.extra,
         }
 
     @classmethod
     def from_record(cls, record: dict, models: AgentModels | None) -> "Context":
         """The Context `to_record` described, with `models` (keys come from the environment, not the journal)."""
         fields = {k: record[k] for k in ("workspace", "generation", "device", "threads", "k_snippets",
-                                          "max_repairs", "seed", "confirm_task", "extra") if k in record}
+                                          "max_repairs", "seed", "confirm_task", "concurrency", "executor", "ray_address",
+                                          "extra") if k in record}
         return cls(**fields, models=models)
 

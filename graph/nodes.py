@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
@@ -20,12 +21,13 @@ from capnas.graph.context import Context
 from capnas.graph.journal import normalized_code_hash
 from capnas.graph.routing import after_validation
 from capnas.graph.services import RunServices, services_for
-from capnas.graph.state import RunState
+from capnas.graph.state import CandidateState, RunState
 from capnas.tools import archspec
+from capnas.tools.slots import estimate_gpu_mb
 from capnas.tools.task import Task
 
 
-def _svc(state: RunState, runtime: Runtime[Context]) -> RunServices:
+def _svc(state: RunState | CandidateState, runtime: Runtime[Context]) -> RunServices:
     return services_for(runtime.context, state["run_id"], state["task"])
 
 
@@ -115,13 +117,40 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
             plan = planner.sanitize(planner.RoundPlan(**data), task)
         except BudgetExceeded:
             return {**update, **_stop("token_budget")}
-    _emit(runtime, "round", round=round_index, plan=plan.model_dump())
-    return {**update, "plan": plan.model_dump(), "candidate_id": candidate_id(state["run_id"], round_index), "repairs": 0}
+    budgets = task.budgets.model_copy(update=_budget_changes(svc))
+    width = min(ctx.concurrency, budgets.max_candidates - len(_rows(svc)))
+    if width <= 0:
+        return {**update, **_stop("max_candidates")}
+    keep = _families_of(svc, state.get("parent_id") or _best_id(svc)) if state.get("decision") == "refine" else None
+    pairs = planner.assign(plan, width, _tried(svc), keep, fallback=planner.default_plan(task, round_index))
+    ids = [candidate_id(state["run_id"], round_index, slot) for slot in range(width)]
+    first_index = len(_rows(svc))
+    svc.prepared, svc.contract  # noqa: B018 - build the shared data once, before the branches read it at once
+    _emit(runtime, "round", round=round_index, plan=plan.model_dump(), candidates=ids, families=pairs)
+    return {**update, "plan": plan.model_dump(), "round_candidates": ids, "assignments": [list(p) for p in pairs],
+            "first_index": first_index}
 
 
-def candidate_id(run_id: str, round_index: int) -> str:
-    """Candidate ids are unique across the journal: one per round of a run."""
-    return f"{run_id}-r{round_index:03d}"
+def candidate_id(run_id: str, round_index: int, slot: int = 0) -> str:
+    """Candidate ids are unique across the journal: `<run>-r007` for a round's first candidate, `<run>-r007-1`,
+    `-2`, ... for the others a round works on at once."""
+    return f"{run_id}-r{round_index:03d}" + (f"-{slot}" if slot else "")
+
+
+def _tried(svc: RunServices) -> set[tuple[str, str]]:
+    """Family pairs this run has already spent a candidate on (any outcome but a rejected duplicate)."""
+    return {archspec.families(r["spec"]) for r in _rows(svc) if r.get("spec") and r["status"] != "duplicate"}
+
+
+def _best_id(svc: RunServices) -> str | None:
+    """The leader, which a refine with no parent named starts from."""
+    board = svc.journal.leaderboard(svc.run_id, svc.task.objective)
+    return board[0].candidate_id if board else None
+
+
+def _families_of(svc: RunServices, cid: str | None) -> tuple[str, str] | None:
+    spec = _existing(svc, cid).get("spec") if cid and _existing(svc, cid) else None
+    return archspec.families(spec) if spec else None
 
 
 def _rows(svc: RunServices) -> list[dict[str, Any]]:
@@ -129,7 +158,7 @@ def _rows(svc: RunServices) -> list[dict[str, Any]]:
 
 
 # -- coder --------------------------------------------------------------------------------------------
-def coder_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx, svc = runtime.context, _svc(state, runtime)
     cid, repairs = state["candidate_id"], state.get("repairs", 0)
     existing = _existing(svc, cid)
@@ -137,29 +166,34 @@ def coder_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {}  # resumed: this attempt's code is already in the journal
     _emit(runtime, "candidate", candidate_id=cid, status="generating")
     plan = planner.RoundPlan(**state["plan"])
+    families = tuple(state["families"]) if state.get("families") else None
     spec = None
     if ctx.generation == "random":
-        code, spec = _random_candidate(svc, state["round"], ctx.seed)
+        # Families bind random draws only when the task names some: otherwise the baseline stays uniform.
+        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed,
+                                       families if svc.task.families else None)
         if code is None:
-            return _stop("search_space_exhausted")
+            return {"stops": ["search_space_exhausted"]}
     elif ctx.models is None:
         raise ValueError(f"generation {ctx.generation!r} needs LLMs: set Context.models (per-role endpoints), or use "
                          "generation='random' to search without one")
     else:
-        snippets = coder.choose_snippets(plan.encoders, plan.decoders, ctx.k_snippets)
+        snippets = coder.choose_snippets([families[0]], [families[1]], ctx.k_snippets) if families else \
+            coder.choose_snippets(plan.encoders, plan.decoders, ctx.k_snippets)
         board = critic.summarize([r for r in _rows(svc) if r["status"] == "trained"], svc.task.objective)
         repair = None
         if repairs and existing is not None:
             repair = {"code": existing["code"], "spec": json.dumps(existing.get("spec")),
                       "violations": (existing.get("contract") or {}).get("violations", []) or _duplicate(existing)}
+        brief = plan.rationale + (f"\nThis candidate uses the {families[0]} encoder and the {families[1]} decoder."
+                                  if families else "")
         messages = coder.coder_messages(ctx.generation, svc.contract, snippets, board, state.get("feedback", ""),
-                                        plan=plan.rationale, repair=repair)
-        write = coder.write_spec if ctx.generation == "spec" else coder.write_code
+                                        plan=brief.strip(), repair=repair)
         try:
-            data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}", lambda: _coder_call(write, svc, messages),
-                           _prompt_text(messages), cid)
+            data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}",
+                           lambda: _coder_call(ctx.generation, svc, messages, families), _prompt_text(messages), cid)
         except BudgetExceeded:
-            return _stop("token_budget")
+            return {"stops": ["token_budget"]}
         except ValueError as err:  # the model never produced a usable answer: record, do not retry forever
             data = {"code": "", "spec": None, "error": str(err)}
         code, spec = data["code"], data.get("spec")
@@ -174,18 +208,20 @@ def _duplicate(cand: dict[str, Any]) -> list[dict[str, Any]]:
              "already tried; it will not be trained again.", "hint": "choose a different architecture or options"}]
 
 
-def _coder_call(write, svc: RunServices, messages) -> tuple[dict, str, dict]:
-    if write is coder.write_spec:
-        spec, code, raw, usage = write(svc.models["coder"], messages)
+def _coder_call(generation: str, svc: RunServices, messages, families) -> tuple[dict, str, dict]:
+    if generation == "spec":
+        spec, code, raw, usage = coder.write_spec(svc.models["coder"], messages, families)
         return {"code": code, "spec": spec.model_dump(mode="json")}, raw, usage
-    code, raw, usage = write(svc.models["coder"], messages)
+    code, raw, usage = coder.write_code(svc.models["coder"], messages)
     return {"code": code, "spec": None}, raw, usage
 
 
-def _random_candidate(svc: RunServices, round_index: int, seed: int) -> tuple[str | None, dict | None]:
-    """Sample specs until one is new to this run (bounded)."""
+def _random_candidate(svc: RunServices, index: int, seed: int,
+                      families: tuple[str, str] | None) -> tuple[str | None, dict | None]:
+    """Sample specs until one is new to this run (bounded). Seeded by the candidate's index in the run, so a
+    resumed run draws the same ones, and so does a run with another concurrency."""
     for attempt in range(50):
-        spec = archspec.sample(random.Random(f"{seed}:{round_index}:{attempt}"))
+        spec = archspec.sample(random.Random(f"{seed}:{index}:{attempt}"), *(families or ()))
         code = archspec.render(spec)
         if svc.journal.find_by_hash(svc.run_id, normalized_code_hash(code)) is None:
             return code, spec.model_dump(mode="json")
@@ -222,7 +258,7 @@ def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing) -
 
 
 # -- validator ----------------------------------------------------------------------------------------
-def validator_node(state: RunState, runtime: Runtime[Context]) -> Command:
+def validator_node(state: CandidateState, runtime: Runtime[Context]) -> Command:
     """Static checks, then the sandboxed probe; routes to training, to a repair, or to the critic."""
     from capnas.tools.validation import validate_code
 
@@ -231,18 +267,20 @@ def validator_node(state: RunState, runtime: Runtime[Context]) -> Command:
     cand = svc.journal.get_candidate(cid).row
     if cand["status"] == "generated":  # else: a duplicate, or validated before a crash
         _emit(runtime, "candidate", candidate_id=cid, status="validating")
-        report = validate_code(cand["code"], svc.contract, ctx.device)
+        with svc.slots.job(ctx.device, threads=1) as device:
+            report = validate_code(cand["code"], svc.contract, device, runner=svc.runner,
+                                   scratch_root=svc.scratch_dir if ctx.executor == "ray" else None)
         status = "valid" if report.ok else "invalid"
         svc.journal.update_candidate(cid, status=status, contract=report.model_dump(mode="json"), params=report.params)
         _emit(runtime, "candidate", candidate_id=cid, status=status,
               violations=[v.code for v in report.violations], params=report.params)
         cand["status"] = status
     goto = after_validation(cand["status"], ctx.generation, repairs, ctx.max_repairs)
-    return Command(goto=goto, update={"repairs": repairs + 1} if goto == "coder" else {})
+    return Command(goto=END if goto == "done" else goto, update={"repairs": repairs + 1} if goto == "coder" else {})
 
 
 # -- trainer and evaluator ----------------------------------------------------------------------------
-def trainer_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Train a valid candidate in the sandbox; its val metrics come from the evaluator inside `train_candidate`.
     After a crash the same run dir resumes from the last committed epoch, a finished job is not redone."""
     from capnas.tools.training import train_candidate
@@ -256,18 +294,21 @@ def trainer_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     remaining_s = budgets.time_budget_min * 60 - (time.time() - state["started_at"])
     spec = archspec.ArchSpec(**cand["spec"]) if cand.get("spec") else None
     hparams = spec.prm() if spec else {}
-    _emit(runtime, "candidate", candidate_id=cid, status="training")
-    svc.journal.log_event(svc.run_id, "train_call", {"time_budget_s": round(remaining_s, 1)}, cid)
-    outcome = train_candidate(
-        cand["code"], svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
-        epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs,
-        batch_size=spec.batch_size if spec else 32,
-        time_budget_s=max(10.0, min(budgets.train_time_s, remaining_s)),
-        device=runtime.context.device, threads=runtime.context.threads, evaluator=svc.evaluator,
-        on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
-    )
-    if not outcome.finished:  # the harness was killed from outside: leave it 'valid' so a resume continues it
-        raise RuntimeError(f"training of {cid} was interrupted ({outcome.exit_reason}); resume the run")
+    batch_size = spec.batch_size if spec else 32
+    ctx = runtime.context
+    with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.get("params"), batch_size)) as device:
+        _emit(runtime, "candidate", candidate_id=cid, status="training")
+        svc.journal.log_event(svc.run_id, "train_call", {"time_budget_s": round(remaining_s, 1), "device": device,
+                                                         "threads": svc.threads}, cid)
+        outcome = train_candidate(
+            cand["code"], svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
+            epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs, batch_size=batch_size,
+            time_budget_s=max(10.0, min(budgets.train_time_s, remaining_s)),
+            device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,
+            on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
+        )
+    # A job killed from outside while this run lives (a person, the OOM killer, a lost Ray worker) is one failed
+    # candidate: the run goes on. (When the run itself dies, nothing is recorded and a resume continues the job.)
     status = "trained" if outcome.ok else "failed"
     svc.journal.update_candidate(
         cid, status=status, exit_reason=outcome.exit_reason,
@@ -275,9 +316,9 @@ def trainer_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         samples=[s.model_dump(mode="json") for s in outcome.samples], hparams=outcome.hparams,
         params=outcome.params, artifacts=str(outcome.run_dir),
     )
-    if outcome.error:
+    if outcome.error or not outcome.finished:
         svc.journal.log_event(svc.run_id, "train_error", {"exit_reason": outcome.exit_reason,
-                                                          "error": outcome.error}, cid)
+                                                          "error": outcome.error or "killed from outside"}, cid)
     _emit(runtime, "candidate", candidate_id=cid, status=status, metrics=outcome.metrics,
           exit_reason=outcome.exit_reason)
     return {}
@@ -301,10 +342,13 @@ def evaluator_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]
 
 # -- critic -------------------------------------------------------------------------------------------
 def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Joins the round's branches: reads every result so far, writes one feedback and decision for the next round."""
     ctx, svc = runtime.context, _svc(state, runtime)
-    cid = state["candidate_id"]
+    cid = state["round_candidates"][0]  # the round's key: one critique per round
     update: dict[str, Any] = {"round": state["round"] + 1}
-    if ctx.generation == "random" or ctx.models is None:
+    if state.get("stops"):  # a branch ran out of tokens or of new specs: no critique can change that
+        update.update(decision="stop", feedback="", parent_id=None, stop_reason=state["stops"][0])
+    elif ctx.generation == "random" or ctx.models is None:
         update.update(decision="explore", feedback="", parent_id=None)
     else:
         summary = critic.summarize(_rows(svc), svc.task.objective)
@@ -315,10 +359,10 @@ def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         except ValueError:
             data = {"feedback": "", "decision": "explore", "parent_id": None}
         update.update(feedback=data["feedback"], decision=data["decision"], parent_id=data.get("parent_id"))
-    reason = budget_exhausted(svc, state, update)
+    reason = update.get("stop_reason") or budget_exhausted(svc, state, update)
     if reason:
         update["stop_reason"] = reason
-    _emit(runtime, "critic", candidate_id=cid, decision=update["decision"], feedback=update["feedback"])
+    _emit(runtime, "critic", candidate_id=cid, candidates=state["round_candidates"], decision=update["decision"], feedback=update["feedback"])
     return update
 
 
@@ -326,13 +370,13 @@ def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) 
     budgets = svc.task.budgets.model_copy(update=_budget_changes(svc))
     if svc.journal.stop_requested(svc.run_id):
         return "stopped_by_user"
-    if update["round"] >= budgets.max_candidates:
+    if len(_rows(svc)) >= budgets.max_candidates:
         return "max_candidates"
     if time.time() - state["started_at"] >= budgets.time_budget_min * 60:
         return "time_budget"
     if svc.models is not None and svc.ledger.exhausted():
         return "token_budget"
-    if update.get("decision") == "stop" and svc.journal.leaderboard(svc.run_id):
+    if update.get("decision") == "stop" and len(svc.journal.leaderboard(svc.run_id)) >= max(1, budgets.min_candidates):
         return "critic"
     return None
 

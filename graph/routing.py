@@ -4,25 +4,38 @@ from __future__ import annotations
 
 from typing import Literal
 
-from capnas.graph.state import RunState
+from langgraph.types import Send
+
+from capnas.graph.state import CandidateState, RunState
+
+# The fields of the run's state a candidate branch reads (the rest it does not need, or writes itself).
+_SHARED = ("run_id", "task", "started_at", "round", "plan", "feedback", "parent_id")
 
 
-def after_planner(state: RunState) -> Literal["coder", "reporter"]:
-    return "reporter" if state.get("stop_reason") else "coder"
+def after_planner(state: RunState) -> list[Send] | Literal["reporter"]:
+    """One `Send` per candidate of the round: their branches (coder, validator, trainer) run at once and are
+    joined before the critic. A stop goes straight to the reporter."""
+    if state.get("stop_reason"):
+        return "reporter"
+    shared = {k: state[k] for k in _SHARED if k in state}
+    first = state.get("first_index", 0)
+    return [Send("candidate", {**shared, "candidate_id": cid, "slot": slot, "index": first + slot, "families": families,
+                               "repairs": 0})
+            for slot, (cid, families) in enumerate(zip(state["round_candidates"], state["assignments"]))]
 
 
-def after_coder(state: RunState) -> Literal["validator", "reporter"]:
-    return "reporter" if state.get("stop_reason") else "validator"
+def after_coder(state: CandidateState) -> Literal["validator", "__end__"]:
+    return "__end__" if state.get("stops") else "validator"
 
 
-def after_validation(status: str, generation: str, repairs: int, max_repairs: int) -> Literal["coder", "trainer", "critic"]:
+def after_validation(status: str, generation: str, repairs: int, max_repairs: int) -> Literal["coder", "trainer", "done"]:
     """Valid code trains; invalid or duplicate LLM-written code goes back to the coder with its violations while
-    repair rounds remain; everything else (random-mode failures, repairs spent) goes to the critic."""
+    repair rounds remain; everything else (random-mode failures, repairs spent) ends the candidate's branch."""
     if status == "valid":
         return "trainer"
     if status in ("invalid", "duplicate") and generation != "random" and repairs < max_repairs:
         return "coder"  # a duplicate is never trained twice: the coder is asked for something new instead
-    return "critic"
+    return "done"
 
 
 def after_critic(state: RunState) -> Literal["planner", "reporter"]:

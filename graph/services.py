@@ -19,7 +19,9 @@ from capnas.graph.context import Context
 from capnas.graph.journal import Journal
 from capnas.tools.caption_dataset import CaptionDataset
 from capnas.tools.datasets import load_dataset
+from capnas.tools.executors import JobRunner, runner_for
 from capnas.tools.prepare import PreparedDataset, prepare_dataset
+from capnas.tools.slots import Slots, job_threads
 from capnas.tools.task import Task
 
 
@@ -73,6 +75,27 @@ class RunServices:
         from capnas.tools.metrics import CaptionEvaluator  # starts Java lazily, only when scoring is needed
 
         return CaptionEvaluator(spice=False)
+
+    @cached_property
+    def slots(self) -> Slots:
+        """The machine's CPU and GPU slots, shared by the branches of a round (one admission queue per run)."""
+        return Slots.for_machine(self.ctx.device)
+
+    @cached_property
+    def runner(self) -> JobRunner:
+        return runner_for(self.ctx.executor, self.ctx.ray_address, self.ctx.concurrency)
+
+    @property
+    def threads(self) -> int | None:
+        """torch threads per job: the Context's, else the cores shared evenly by the jobs of a round."""
+        return job_threads(self.ctx.threads, self.ctx.concurrency)
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Probe scratch inside the workspace (Ray workers on other nodes see the workspace, not this /tmp)."""
+        path = Path(self.ctx.workspace) / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def artifacts_dir(self, candidate_id: str) -> Path:
         path = Path(self.ctx.workspace) / "runs" / self.run_id / candidate_id

@@ -3,7 +3,8 @@ super-step; code, logs, curves and captions live in the journal instead."""
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import operator
+from typing import Annotated, Any, TypedDict
 
 
 class RunState(TypedDict, total=False):
@@ -11,9 +12,10 @@ class RunState(TypedDict, total=False):
     requirement: str  # the person's words, if any
     task: dict[str, Any]  # Task.model_dump()
     started_at: float  # wall-clock start, for the time budget (kept across resumes)
-    round: int  # index of the candidate being worked on
-    candidate_id: str | None
-    repairs: int  # repair rounds spent on the current candidate
+    round: int  # index of the round being worked on
+    round_candidates: list[str]  # ids of this round's candidates, worked on at once (one `Send` each)
+    assignments: list[list[str]]  # [encoder, decoder] families the planner gave each of them
+    first_index: int  # how many candidates the run had before this round
     plan: dict[str, Any]  # the planner's RoundPlan for this round
     feedback: str  # the critic's latest feedback
     decision: str  # the critic's latest decision: refine | explore | stop
@@ -21,3 +23,28 @@ class RunState(TypedDict, total=False):
     best: dict[str, Any] | None  # {"candidate_id", "metrics"}
     stop_reason: str | None  # set once the run must end: max_candidates | time_budget | token_budget | critic
     status: str  # running | finished | stopped
+    stops: Annotated[list[str], operator.add]  # reasons a candidate branch gave to end the run (joined by the critic)
+
+
+class CandidateState(TypedDict, total=False):
+    """One candidate's branch (coder, validator, repairs, trainer): what its `Send` carries, plus its progress."""
+
+    run_id: str
+    task: dict[str, Any]
+    started_at: float
+    round: int
+    candidate_id: str
+    slot: int  # its place in the round (0 for the first)
+    index: int  # its place in the run (0 for the run's first candidate)
+    families: list[str]  # [encoder, decoder] the planner assigned
+    plan: dict[str, Any]
+    feedback: str
+    parent_id: str | None
+    repairs: int  # repair rounds spent
+    stops: list[str]  # set when this branch must end the run (token budget, search space exhausted)
+
+
+class CandidateOutput(TypedDict, total=False):
+    """What a branch hands back to the run: only stop reasons (everything else is in the journal)."""
+
+    stops: list[str]

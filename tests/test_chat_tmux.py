@@ -22,7 +22,8 @@ from llm_server import ScriptedLLMServer, tool_call
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "gru", "embed_dim": 128, "hidden_size": 128,
+# Round 0 of a task that names no families gets the first pair of the default plan: small_cnn + lstm.
+SPEC = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "lstm", "embed_dim": 128, "hidden_size": 128,
                                                       "num_layers": 1, "attention": False},
         "lr": 0.003, "batch_size": 32, "epochs": 1}
 SCRIPT = [

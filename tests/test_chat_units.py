@@ -89,7 +89,7 @@ def test_dashboard_shows_training_progress_then_the_score() -> None:
               {"event": "train", "candidate_id": "run1-r000", "phase": "step", "epoch": 2, "step": 5, "steps": 10}]:
         view.on_event(e)
     shown = _text(view.render())
-    assert "round 1/2" in shown and "r000" in shown and "training" in shown and "epoch 2/3" in shown
+    assert "round 1 " in shown and "of 1/2" in shown and "r000" in shown and "training" in shown and "epoch 2/3" in shown
     assert "123,456" in shown and "━" in shown  # the progress bar
     done = {"event": "candidate", "candidate_id": "run1-r000", "status": "trained", "metrics": {"cider": 0.4321}}
     view.on_event(done)

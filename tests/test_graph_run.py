@@ -25,7 +25,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "models"
 DATASET = "shapes:200"
 # Small and quick: 32 px images, one or two short epochs per candidate.
 BASE = {"dataset": DATASET, "image_size": 32, "epochs": 2, "train_time": 30, "time_budget": 60,
-        "threads": 1, "max_latency_ms": 10_000}  # latency is not under test, and this machine is shared
+        "threads": 1, "max_latency_ms": 10_000,  # latency is not under test, and this machine is shared
+        "concurrency": 1}  # one candidate per round: the scripted LLM answers come in a fixed order
 
 
 def _fenced(path: Path) -> str:
@@ -136,7 +137,8 @@ def test_killed_at_random_points_resume_always_completes(tmp_path: Path) -> None
     with `capnas resume`. No candidate is lost, none is generated twice, and a trained one is never trained
     again."""
     workspace, run_id, rng = tmp_path / "ws", "killed-run", random.Random(7)
-    config = _config(tmp_path, generation="random", max_candidates=3, epochs=2, train_time=20)
+    # Two candidates per round: kills land inside concurrent branches of the candidate subgraph too.
+    config = _config(tmp_path, generation="random", max_candidates=3, epochs=2, train_time=20, concurrency=2)
     trained_at_kill: list[tuple[float, set[str]]] = []
     kills = 0
     while kills < 10:
@@ -180,7 +182,8 @@ def test_killed_at_random_points_resume_always_completes(tmp_path: Path) -> None
             assert epochs == sorted(set(epochs)), epochs  # every epoch once
 
 
-SPEC_A = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "gru", "embed_dim": 128, "hidden_size": 128,
+# Round 0 of a task that names no families gets the first pair of the default plan: small_cnn + lstm.
+SPEC_A = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "lstm", "embed_dim": 128, "hidden_size": 128,
                                                         "num_layers": 1, "attention": False},
           "lr": 0.003, "batch_size": 32, "epochs": 2}
 SPEC_B = {**SPEC_A, "decoder": {"name": "lstm", "embed_dim": 128, "hidden_size": 128, "num_layers": 1,

@@ -17,12 +17,12 @@ from capnas.settings import RunSettings, SettingsError
 @pytest.mark.parametrize(("status", "generation", "repairs", "expected"), [
     ("valid", "code", 0, "trainer"),
     ("invalid", "code", 0, "coder"),
-    ("invalid", "code", 2, "critic"),  # repair rounds spent
+    ("invalid", "code", 2, "done"),  # repair rounds spent: the branch ends
     ("invalid", "spec", 1, "coder"),
-    ("invalid", "random", 0, "critic"),  # no LLM to repair with
+    ("invalid", "random", 0, "done"),  # no LLM to repair with
     ("duplicate", "spec", 0, "coder"),  # never validated or trained twice: ask for something new
-    ("duplicate", "spec", 2, "critic"),
-    ("duplicate", "random", 0, "critic"),
+    ("duplicate", "spec", 2, "done"),
+    ("duplicate", "random", 0, "done"),
 ])
 def test_after_validation(status: str, generation: str, repairs: int, expected: str) -> None:
     assert routing.after_validation(status, generation, repairs, max_repairs=2) == expected
@@ -36,10 +36,13 @@ def test_a_stop_reason_ends_the_run_after_any_step() -> None:
 
 
 def test_the_graph_has_the_five_agents_and_the_loop() -> None:
-    graph = build_graph().get_graph()
-    assert {"planner", "coder", "validator", "trainer", "evaluator", "critic", "reporter"} <= set(graph.nodes)
+    graph = build_graph().get_graph(xray=True)  # xray: inside the candidate branch (a subgraph) too
+    assert {"planner", "candidate:coder", "candidate:validator", "candidate:trainer", "evaluator", "critic",
+            "reporter"} <= set(graph.nodes)
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("trainer", "evaluator"), ("evaluator", "critic"), ("critic", "planner"), ("validator", "coder")} <= edges
+    assert {("planner", "candidate:__start__"), ("candidate:validator", "candidate:coder"),
+            ("candidate:validator", "candidate:trainer"), ("candidate:__end__", "evaluator"), ("evaluator", "critic"),
+            ("critic", "planner"), ("critic", "reporter")} <= edges
 
 
 def test_the_journal_record_never_holds_a_key() -> None:
@@ -84,3 +87,33 @@ def test_the_context_records_the_embedded_model_only_when_it_serves_the_run() ->
     configured = RunSettings(llm_base_url="http://127.0.0.1:2/v1", llm_model="m")
     assert configured.context(configured.models()).extra == {}
     assert RunSettings(generation="random").context(None).extra == {}
+
+
+def test_the_planner_gives_each_candidate_of_a_round_untried_families_in_its_order() -> None:
+    from capnas.agents.planner import RoundPlan, assign
+
+    plan = RoundPlan(encoders=["small_cnn", "vit"], decoders=["gru", "lstm"])
+    assert assign(plan, 3, tried=set()) == [("small_cnn", "gru"), ("small_cnn", "lstm"), ("vit", "gru")]
+    assert assign(plan, 2, tried={("small_cnn", "gru")}) == [("small_cnn", "lstm"), ("vit", "gru")]
+    # a refine keeps its parent's families first; once every pair is tried the ranking repeats
+    everything = {("small_cnn", "gru"), ("small_cnn", "lstm"), ("vit", "gru"), ("vit", "lstm")}
+    assert assign(plan, 2, tried=everything, keep=("vit", "lstm")) == [("vit", "lstm"), ("small_cnn", "lstm")]
+    assert assign(plan, 1, tried=everything) == [("small_cnn", "gru")]
+    # pairs the task allows but the plan left out come after the plan's own, before any repeat
+    wider = RoundPlan(encoders=["small_cnn", "vit"], decoders=["gru", "lstm", "transformer"])
+    assert assign(plan, 1, tried=everything, fallback=wider) == [("small_cnn", "transformer")]
+
+
+def test_a_spec_with_assigned_families_cannot_name_others() -> None:
+    from pydantic import ValidationError
+
+    from capnas.tools.archspec import ArchSpec, spec_model
+
+    model = spec_model("small_cnn", "gru")
+    spec = ArchSpec(**model(encoder={"name": "small_cnn", "width": 16}, decoder={"name": "gru"}).model_dump())
+    assert spec.describe().startswith("small_cnn(width=16")
+    with pytest.raises(ValidationError):
+        model(encoder={"name": "vit"}, decoder={"name": "gru"})
+    schema = model.model_json_schema()
+    assert "ViTOptions" not in str(schema) and "GRUOptions" in str(schema)
+    assert model.__name__ == "ArchSpec"  # the tool the coder is forced to call keeps its name

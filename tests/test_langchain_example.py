@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "langchain_agent.py"
 SMALL = {"image_size": 32, "epochs": 1, "train_time": 20, "threads": 1, "max_latency_ms": 10_000}
-SPEC = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "gru", "embed_dim": 128, "hidden_size": 128,
+# Round 0 of a task that names no families gets the first pair of the default plan: small_cnn + lstm.
+SPEC = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "lstm", "embed_dim": 128, "hidden_size": 128,
                                                       "num_layers": 1, "attention": False},
         "lr": 0.003, "batch_size": 32, "epochs": 1}
 
@@ -82,12 +83,15 @@ def test_graph_streams_updates_and_progress_through_langgraph_apis(tmp_path: Pat
     context = Context(workspace=str(tmp_path / "ws"), generation="random", threads=1, seed=7)
     config = {"configurable": {"thread_id": "streamed"}}
     updates, custom = [], []
-    for mode, chunk in graph.stream({"run_id": "streamed", "task": task}, config, context=context,
-                                    stream_mode=["updates", "custom"]):
+    namespaces = set()
+    for ns, mode, chunk in graph.stream({"run_id": "streamed", "task": task}, config, context=context,
+                                        stream_mode=["updates", "custom"], subgraphs=True):
         (updates if mode == "updates" else custom).append(chunk)
+        namespaces.add(ns[0].split(":")[0] if ns else "")
 
     nodes = [name for chunk in updates for name in chunk]
-    assert nodes[:3] == ["planner", "coder", "validator"] and nodes[-1] == "reporter"
+    assert nodes[:4] == ["planner", "coder", "validator", "trainer"] and nodes[-1] == "reporter"
+    assert namespaces == {"", "candidate"}  # the candidate branch is a subgraph: its events carry its namespace
     kinds = [e["event"] for e in custom]
     assert kinds[0] == "task" and "round" in kinds and kinds[-1] == "done"
     statuses = [e["status"] for e in custom if e["event"] == "candidate"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from capnas.tools.components import Component, decoders, encoders, get_component
 from capnas.tools.components.inline import check_no_clashes, import_block, resolve
@@ -65,15 +65,32 @@ class ArchSpec(BaseModel):
         return f"{part(self.encoder)} + {part(self.decoder)}"
 
 
-def sample(rng: random.Random) -> ArchSpec:
+def spec_model(encoder: str, decoder: str) -> type[ArchSpec]:
+    """`ArchSpec` with the encoder and decoder families fixed: the schema the coder fills when the planner has
+    assigned a candidate its families (the model then chooses only their options and the training fields).
+    Parse with it, then `ArchSpec(**answer.model_dump())`."""
+    enc, dec = get_component(encoder).options, get_component(decoder).options
+    return create_model("ArchSpec", __base__=ArchSpec, __doc__=ArchSpec.__doc__,
+                        encoder=(enc, Field(description=f"options of the {encoder} encoder")),
+                        decoder=(dec, Field(description=f"options of the {decoder} decoder")))
+
+
+def families(spec: ArchSpec | dict) -> tuple[str, str]:
+    """(encoder, decoder) names of a spec, or of its JSON form."""
+    if isinstance(spec, dict):
+        return spec["encoder"]["name"], spec["decoder"]["name"]
+    return spec.encoder.name, spec.decoder.name
+
+
+def sample(rng: random.Random, encoder: str | None = None, decoder: str | None = None) -> ArchSpec:
     """A random spec: encoder and decoder families uniformly, then every option and training field uniformly over
-    its declared space (log-uniformly for lr). Deterministic for a seeded `rng`."""
+    its declared space (log-uniformly for lr). Deterministic for a seeded `rng`. `encoder`/`decoder` fix a family."""
 
     def draw(model: type[BaseModel], skip: set[str]) -> dict:
         return {name: space_of(field).sample(rng) for name, field in model.model_fields.items() if name not in skip}
 
-    encoder = rng.choice(encoders()).options
-    decoder = rng.choice(decoders()).options
+    encoder = get_component(encoder).options if encoder else rng.choice(encoders()).options
+    decoder = get_component(decoder).options if decoder else rng.choice(decoders()).options
     return ArchSpec(
         encoder=encoder(**draw(encoder, {"name"})),
         decoder=decoder(**draw(decoder, {"name"})),
@@ -119,4 +136,4 @@ def _builders(spec: ArchSpec, encoder: Component, decoder: Component) -> str:
     )
 
 
-__all__ = ["HYPERPARAMETERS", "ArchSpec", "DecoderSpec", "EncoderSpec", "render", "sample"]
+__all__ = ["HYPERPARAMETERS", "ArchSpec", "DecoderSpec", "EncoderSpec", "families", "render", "sample", "spec_model"]

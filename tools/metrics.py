@@ -144,18 +144,33 @@ def spice_unavailable_reason(spice_dir: Path | None = None) -> str | None:
     return None
 
 
+_REDIRECT_LOCK = threading.Lock()
+_redirect_depth = 0
+_saved_stdout_fd: int | None = None
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr for the block, so child processes cannot corrupt `--json` output."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+    """Send file descriptor 1 to stderr for the block, so child processes cannot corrupt `--json` output.
+    Counted, because candidates scored on several threads at once overlap their blocks: fd 1 goes back to
+    stdout when the last block ends, not when the first does."""
+    global _redirect_depth, _saved_stdout_fd
+    with _REDIRECT_LOCK:
+        if _redirect_depth == 0:
+            sys.stdout.flush()
+            _saved_stdout_fd = os.dup(1)
+            os.dup2(2, 1)
+        _redirect_depth += 1
     try:
-        os.dup2(2, 1)
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        with _REDIRECT_LOCK:
+            _redirect_depth -= 1
+            if _redirect_depth == 0 and _saved_stdout_fd is not None:
+                sys.stdout.flush()
+                os.dup2(_saved_stdout_fd, 1)
+                os.close(_saved_stdout_fd)
+                _saved_stdout_fd = None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ def train_candidate(
     memory_mb: int | None = 8192,
     evaluator: CaptionEvaluator | None = None,
     on_event: EventCallback | None = None,
+    runner: Callable[..., SandboxResult] | None = None,
 ) -> TrainResult:
     """Train candidate `code` on `prepared` (its sandbox view is all the job sees) and score it on val.
 
@@ -140,6 +141,7 @@ def train_candidate(
     bound); `patience` epochs without a better val CIDEr stop it early (None: never); `eval_every` epochs between
     val generations (the last epoch always generates). `threads` sets torch's CPU threads in the job (None:
     torch's default). `evaluator` is reused for the final metrics when given (its METEOR process is slow to start).
+    `runner` runs the sandboxed job (default: a child process here; see `capnas.tools.executors` for Ray).
     `on_event` receives the harness's events (start, step, epoch, stopping) and this side's (val, early_stop,
     evaluating), from a background thread.
 
@@ -173,7 +175,7 @@ def train_candidate(
                             memory_mb=memory_mb))
     book.start()
     try:
-        sandbox = run_sandboxed(job, on_event=events)
+        sandbox = (runner or run_sandboxed)(job, on_event=events)
     finally:
         book.finish()
     book.raise_if_failed()

@@ -57,8 +57,10 @@ def validate_file(path: str | Path, contract: Contract, device: str = "cpu", *, 
 def validate_code(code: str, contract: Contract, device: str = "cpu", *, seed: int = 0,
                   prm: dict[str, Any] | None = None, startup_s: float = DEFAULT_STARTUP_S,
                   scratch_root: str | Path | None = None,
-                  on_event: Callable[[dict[str, Any]], None] | None = None) -> ValidationReport:
-    """Validate candidate source code (what the coder agent hands over)."""
+                  on_event: Callable[[dict[str, Any]], None] | None = None,
+                  runner: Callable[..., SandboxResult] | None = None) -> ValidationReport:
+    """Validate candidate source code (what the coder agent hands over). `runner` runs the sandboxed probe
+    (default: a child process here; see `capnas.tools.executors`)."""
     static = check_source(code, contract)
     if must_stop(static):
         return ValidationReport(ok=False, violations=static, stage="static")
@@ -81,7 +83,7 @@ def validate_code(code: str, contract: Contract, device: str = "cpu", *, seed: i
             args={"contract": contract.model_dump(mode="json"), "seed": seed, "prm": prm, "report_steps": True},
             limits=Limits(wall_s=contract.budgets.max_probe_s + startup_s, memory_mb=contract.budgets.max_memory_mb),
         )
-        result = run_sandboxed(job, on_event=record)
+        result = (runner or run_sandboxed)(job, on_event=record)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

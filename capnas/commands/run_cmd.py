@@ -32,14 +32,16 @@ def _progress_printer(json_mode: bool):
             if e.get("plan"):
                 extra += f" [dim]{e['plan']}[/dim]"
             console.print(f"  {e['candidate_id']}: {e['status']}{extra}")
-        elif kind == "train" and e.get("phase") == "epoch":
+        elif kind == "train" and e.get("phase") == "epoch":  # candidates of a round train at once: name each
             loss = e.get("loss")
-            console.print(f"    epoch {e.get('epoch')}: loss={loss:.3f}" if isinstance(loss, float) else
-                          f"    epoch {e.get('epoch')}: loss=n/a")
+            console.print(f"    {e.get('candidate_id')} epoch {e.get('epoch')}: " +
+                          (f"loss={loss:.3f}" if isinstance(loss, float) else "loss=n/a"))
         elif kind == "train" and e.get("phase") == "val":
-            console.print(f"    epoch {e.get('epoch')}: val cider={e.get('cider', float('nan')):.3f}")
+            console.print(f"    {e.get('candidate_id')} epoch {e.get('epoch')}: val cider={e.get('cider', float('nan')):.3f}")
         elif kind == "round":
-            console.print(f"[bold]round {e['round']}[/bold]: {', '.join(e['plan']['encoders'][:2])} × {', '.join(e['plan']['decoders'][:2])}")
+            pairs = e.get("families") or []
+            console.print(f"[bold]round {e['round']}[/bold]: " + ("; ".join(f"{enc} + {dec}" for enc, dec in pairs) or
+                          f"{', '.join(e['plan']['encoders'][:2])} × {', '.join(e['plan']['decoders'][:2])}"))
         elif kind == "critic" and e.get("feedback"):
             console.print(f"  critic ({e['decision']}): {e['feedback']}")
         elif kind == "done":
@@ -77,7 +79,10 @@ def _banner(llm_line: str, settings, device: str) -> None:
     tier = detect_tier()
     typer.echo(f"capnas run: LLM {llm_line}; data {settings.dataset}; device {device}; sandbox tier {tier.tier}; "
                f"budget {settings.max_candidates} candidates, {settings.time_budget:g} min, "
-               f"{settings.generation} generation", err=True)
+               f"{settings.generation} generation"
+               + (f", {settings.concurrency} at once" if settings.concurrency > 1 else "")
+               + (f", ray executor at {settings.ray_address or 'a local instance'}" if settings.executor == "ray" else ""),
+               err=True)
 
 
 def _log_to_file(run_dir: str) -> None:
@@ -132,6 +137,12 @@ def register(app: typer.Typer) -> None:
         llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name at that endpoint."),
         llm_api_key_env: Optional[str] = typer.Option(None, "--llm-api-key-env", help="Env var holding the key."),
         max_candidates: Optional[int] = typer.Option(None, "--max-candidates", help="Candidates in the whole run."),
+        min_candidates: Optional[int] = typer.Option(None, "--min-candidates",
+                                                     help="Trained candidates before the critic may stop the search."),
+        concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Candidates per round, trained at once."),
+        executor: Optional[str] = typer.Option(None, "--executor", help="local | ray: where sandboxed jobs run."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                                  help="Ray cluster for --executor ray (default: a local instance)."),
         time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Minutes for the whole run."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs per candidate."),
         train_time: Optional[float] = typer.Option(None, "--train-time", help="Seconds of training per candidate."),
@@ -164,7 +175,8 @@ def register(app: typer.Typer) -> None:
 
         overrides = dict(requirement=requirement, dataset=dataset, images=images, generation=generation,
                          llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,
-                         max_candidates=max_candidates, time_budget=time_budget, epochs=epochs, train_time=train_time,
+                         max_candidates=max_candidates, min_candidates=min_candidates, concurrency=concurrency,
+                         executor=executor, ray_address=ray_address, time_budget=time_budget, epochs=epochs, train_time=train_time,
                          max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed,
                          image_size=image_size, max_len=max_len, max_params=max_params, max_latency_ms=max_latency_ms,
                          threads=threads, k_snippets=k_snippets, max_repairs=max_repairs, llm_timeout_s=llm_timeout_s,

@@ -78,8 +78,9 @@ class RunView:
         s = self.summary
         parts = [f"run {self.run_id}", self.phase]
         if self.round is not None:
-            parts.append(f"round {self.round + 1}/{budgets.get('max_candidates', '?')}")
-        parts.append(f"{s.get('trained', 0)} trained of {s.get('candidates', len(self.candidates))}")
+            parts.append(f"round {self.round + 1}")
+        parts.append(f"{s.get('trained', 0)} trained of {s.get('candidates', len(self.candidates))}"
+                     f"/{budgets.get('max_candidates', '?')}")
         parts.append(f"tokens {s.get('tokens', 0):,}")
         parts.append(f"${s.get('cost_usd', 0.0):.4f}")
         return Text(" · ".join(parts), style="bold")

@@ -1,0 +1,140 @@
+"""Candidates fully trained and evaluated per hour at several concurrencies, side by side in one run.
+
+Each concurrency runs the real graph (planner, a `Send` branch per candidate, sandboxed probe and training,
+scoring outside the sandbox, critic) in `random` generation, so no LLM time is mixed in, on the same candidates:
+random draws are seeded by a candidate's index in the run, so concurrency 1 and 4 train the very same specs.
+Every candidate trains a fixed number of epochs (no time cap; early stopping on val CIDEr as in a search).
+
+    .venv/bin/python benchmarks/bench_concurrency.py                       # CPU: shapes, concurrency 1 and 2
+    .venv/bin/python benchmarks/bench_concurrency.py --device cuda --dataset flickr8k --image-size 224 \\
+        --families efficientnet_lite0 --candidates 16 --epochs 10 --concurrency 1 2 4 8   # the GPU recipe
+
+On CPU the jobs of a round share the cores (threads per job = cores // concurrency), so the gain is what
+overlapping each job's serial parts buys: interpreter and torch start-up, the probe, val generation, scoring.
+GPU utilization is sampled with nvidia-smi every 0.5 s while a row runs (blank on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+class GpuSampler:
+    """Mean GPU utilization (%) over a block, from `nvidia-smi`; None where there is none."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True)
+            if out.returncode == 0:
+                values = [float(v) for v in out.stdout.split()]
+                self.samples.append(sum(values) / len(values))
+
+    def __enter__(self) -> GpuSampler:
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def dataset_spec(name: str) -> str:
+    if name != "flickr8k":
+        return name
+    folder = Path(os.environ.get("CAPNAS_FLICKR8K") or REPO.parent / "shared" / "datasets" / "flickr8k")
+    return str(folder / "dataset_flickr8k.json")
+
+
+def run_one(args, concurrency: int, root: Path) -> dict:
+    from capnas import runner
+    from capnas.graph.context import Context
+    from capnas.graph.journal import Journal
+    from capnas.tools.slots import cpu_count
+    from capnas.tools.task import Budgets, Task
+
+    task = Task(dataset=dataset_spec(args.dataset), image_size=args.image_size, max_len=args.max_len,
+                max_latency_ms=10_000, max_params=args.max_params, families=args.families,
+                budgets=Budgets(max_candidates=args.candidates, epochs=args.epochs, train_time_s=86_400,
+                                time_budget_min=24 * 60))
+    ctx = Context(workspace=str(root / f"c{concurrency}"), generation="random", device=args.device,
+                  concurrency=concurrency, seed=args.seed)
+    started = time.monotonic()
+    with GpuSampler() as gpu:
+        summary = runner.start(ctx, task.model_dump(), run_id=f"c{concurrency}")
+    wall = time.monotonic() - started
+    cands = Journal(Path(ctx.workspace) / "journal.sqlite").candidates(f"c{concurrency}")
+    cpu_s = 0.0
+    for c in cands:
+        result = Path(c.artifacts or "/nonexistent") / "train_result.json"
+        if result.is_file():
+            cpu_s += json.loads(result.read_text()).get("sandbox", {}).get("cpu_s") or 0.0
+    trained = [c for c in cands if c.status == "trained"]
+    return {"concurrency": concurrency, "candidates": len(cands), "trained": len(trained), "wall_s": wall,
+            "per_hour": len(trained) / wall * 3600, "cpu_util": cpu_s / (wall * cpu_count()), "gpu_util": gpu.mean,
+            "best_cider": max((c.metrics or {}).get("cider", 0.0) for c in trained) if trained else None,
+            "status": summary["status"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="shapes:1000", help="shapes:N, flickr8k, or a captions json")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--candidates", type=int, default=4, help="candidates per row (the same ones in each)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--max-len", type=int, default=16)
+    parser.add_argument("--max-params", type=int, default=5_000_000)
+    parser.add_argument("--families", nargs="*", default=[], help="e.g. small_cnn gru: random draws stay inside them")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the workspaces here (default: a temp dir)")
+    args = parser.parse_args()
+
+    from capnas.tools.datasets import load_dataset
+    from capnas.tools.prepare import prepare_dataset
+    from capnas.tools.slots import cpu_count
+
+    # The shared prepared data is built once, before any row is timed (each run then only reads the cache).
+    prepare_dataset(load_dataset(dataset_spec(args.dataset)), image_size=args.image_size, max_len=args.max_len)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="capnas-bench-concurrency-"))
+    rows = [run_one(args, c, root) for c in args.concurrency]
+
+    base = rows[0]["per_hour"] or float("nan")
+    print(f"\ncandidates trained and evaluated per hour — {datetime.date.today()}, device {args.device}, "
+          f"{cpu_count()} cores, dataset {args.dataset} at {args.image_size}px, {args.candidates} random candidates "
+          f"(seed {args.seed}), {args.epochs} epochs each\n")
+    print("| concurrency | trained / run | wall s | per hour | vs first row | CPU util | GPU util | best val CIDEr |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        gpu = f"{r['gpu_util']:.0f}%" if r["gpu_util"] is not None else ""
+        best = f"{r['best_cider']:.3f}" if r["best_cider"] is not None else ""
+        print(f"| {r['concurrency']} | {r['trained']} / {r['candidates']} | {r['wall_s']:.0f} | {r['per_hour']:.1f} | "
+              f"{r['per_hour'] / base:.2f}x | {r['cpu_util']:.0%} | {gpu} | {best} |")
+    print(f"\nworkspaces: {root}")
+
+
+if __name__ == "__main__":
+    main()

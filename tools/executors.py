@@ -1,0 +1,113 @@
+"""Where sandboxed jobs run: `run_local` starts the sandbox as a child process here; `RayRunner` runs the very
+same call (`run_sandboxed`) as a Ray task, on an existing cluster or a local Ray instance.
+
+Both are `JobRunner`s: `runner(job, on_event) -> SandboxResult`. The journal, the scoring and every decision stay
+in the driver; a Ray task only runs the sandbox and streams its events back through a Ray queue. The job's
+scratch and data directories are paths, so on a multi-node cluster the workspace and the prepared-data cache
+must be on a filesystem every node mounts at the same path (a local instance shares this machine's).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from capnas.sandbox import Job, SandboxResult, run_sandboxed
+
+EventCallback = Callable[[dict[str, Any]], None]
+JobRunner = Callable[[Job, EventCallback | None], SandboxResult]
+
+
+def run_local(job: Job, on_event: EventCallback | None = None) -> SandboxResult:
+    return run_sandboxed(job, on_event=on_event)
+
+
+def _run_on_worker(job: Job, events) -> SandboxResult:
+    """The Ray task's body, on whichever node Ray chose. Ray gives a GPU task its own CUDA_VISIBLE_DEVICES; the
+    sandbox clears the environment, so the job is pointed at that physical GPU by index."""
+    import ray
+
+    if job.device.startswith("cuda"):
+        ids = ray.get_gpu_ids()
+        if ids:
+            job = job.model_copy(update={"device": f"cuda:{ids[0]}"})
+    # Where it ran, for the driver's log and the journal (the harness's own events follow).
+    events.put({"event": "ray_task", "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "device": job.device})
+    return run_sandboxed(job, on_event=events.put)
+
+
+class RayRunner:
+    """Runs sandboxed jobs as Ray tasks. `address` names an existing cluster (None: start a local instance with
+    this machine's cores). A job asks Ray for its torch threads as CPUs and `gpu_share` of a GPU when it runs on
+    CUDA, so Ray packs 1/gpu_share jobs on each GPU."""
+
+    def __init__(self, address: str | None = None, gpu_share: float = 1.0, num_cpus: int | None = None):
+        self.address, self.gpu_share, self.num_cpus = address, gpu_share, num_cpus
+        self._lock = threading.Lock()
+        self._remote = None
+
+    def _ray(self):
+        import ray
+
+        with self._lock:
+            if not ray.is_initialized():
+                # A local instance only when no address is given: never start one silently beside a cluster.
+                ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if self._remote is None:
+                self._remote = ray.remote(max_retries=0)(_run_on_worker)
+        return ray
+
+    def __call__(self, job: Job, on_event: EventCallback | None = None) -> SandboxResult:
+        ray = self._ray()
+        from ray.util.queue import Empty, Queue
+
+        events = Queue()
+        threads = int(job.args.get("threads") or 1)
+        gpus = self.gpu_share if job.device.startswith("cuda") else 0
+        started = time.monotonic()
+        ref = self._remote.options(num_cpus=threads, num_gpus=gpus).remote(job, events)
+        try:
+            while True:
+                done, _ = ray.wait([ref], timeout=0.2)
+                self._forward(events, on_event, Empty)
+                if done:
+                    break
+            self._forward(events, on_event, Empty)
+            return ray.get(ref)
+        except ray.exceptions.RayError as err:  # the worker (or its node) died: this job failed, the run goes on
+            return SandboxResult(exit_reason="ray_worker_lost", duration_s=round(time.monotonic() - started, 2),
+                                 stderr_tail=f"{type(err).__name__}: {str(err)[:2000]}", tier="ray")
+        finally:
+            events.shutdown()
+
+    @staticmethod
+    def _forward(events, on_event: EventCallback | None, empty) -> None:
+        while True:
+            try:
+                batch = events.get_nowait_batch(max(1, events.qsize()))
+            except empty:
+                return
+            if not batch:
+                return
+            for event in batch:
+                if on_event is not None:
+                    on_event(event)
+
+
+def runner_for(executor: str, ray_address: str | None = None, concurrency: int = 1) -> JobRunner:
+    """The JobRunner a run's Context asks for."""
+    if executor == "local":
+        return run_local
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ValueError("executor 'ray' needs Ray: pip install 'capnas[ray]' (or 'ray'), or use --executor "
+                             "local") from None
+        return RayRunner(ray_address, gpu_share=1.0 / max(1, concurrency))
+    raise ValueError(f"unknown executor {executor!r}: use 'local' or 'ray'")
