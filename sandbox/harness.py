@@ -105,6 +105,11 @@ def run_probe(job: Job) -> dict[str, Any]:
     from capnas.contracts.probe import run_probe as probe  # lazily: torch is imported only past the walls
 
     kwargs = dict(job.args)
+    threads = kwargs.pop("threads", None)
+    if threads:  # as many as a training job beside it gets: oversubscribed cores distort the latency clause
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
     if "device" in inspect.signature(probe).parameters:
         kwargs["device"] = job.device  # the launcher's view wins: "cuda:N" outside is "cuda" in here
     return probe(code_path=job.scratch / CANDIDATE_FILE, **kwargs)

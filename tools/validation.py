@@ -58,9 +58,10 @@ def validate_code(code: str, contract: Contract, device: str = "cpu", *, seed: i
                   prm: dict[str, Any] | None = None, startup_s: float = DEFAULT_STARTUP_S,
                   scratch_root: str | Path | None = None,
                   on_event: Callable[[dict[str, Any]], None] | None = None,
-                  runner: Callable[..., SandboxResult] | None = None) -> ValidationReport:
+                  runner: Callable[..., SandboxResult] | None = None,
+                  threads: int | None = None) -> ValidationReport:
     """Validate candidate source code (what the coder agent hands over). `runner` runs the sandboxed probe
-    (default: a child process here; see `capnas.tools.executors`)."""
+    (default: a child process here; see `capnas.tools.executors`); `threads` sets torch's CPU threads in it."""
     static = check_source(code, contract)
     if must_stop(static):
         return ValidationReport(ok=False, violations=static, stage="static")
@@ -80,7 +81,8 @@ def validate_code(code: str, contract: Contract, device: str = "cpu", *, seed: i
             entry="probe",
             scratch=scratch,
             device=device,
-            args={"contract": contract.model_dump(mode="json"), "seed": seed, "prm": prm, "report_steps": True},
+            args={"contract": contract.model_dump(mode="json"), "seed": seed, "prm": prm, "report_steps": True,
+                  **({"threads": threads} if threads else {})},
             limits=Limits(wall_s=contract.budgets.max_probe_s + startup_s, memory_mb=contract.budgets.max_memory_mb),
         )
         result = (runner or run_sandboxed)(job, on_event=record)
