@@ -24,18 +24,21 @@ class TaskDraft(BaseModel):
     max_params: int | None = Field(None, ge=1000, description="parameter budget per model, e.g. 5000000 for 'under 5M parameters'")
     max_latency_ms: float | None = Field(None, gt=0, description="inference latency budget per image in milliseconds")
     objective: Literal["cider", "bleu_4", "meteor", "rouge_l"] | None = Field(None, description="metric to maximize")
-    families: list[str] = Field(default_factory=list, description=f"encoder/decoder families asked for, from {ENCODERS + DECODERS}")
+    families: list[str] = Field(default_factory=list, max_length=len(ENCODERS + DECODERS),
+                                description=f"encoder/decoder families asked for, from {ENCODERS + DECODERS}")
     max_candidates: int | None = Field(None, ge=1, le=1000, description="how many models to try")
     time_budget_min: float | None = Field(None, gt=0, description="minutes for the whole search")
-    notes: str = Field("", description="anything else that matters, in one sentence")
+    notes: str = Field("", max_length=300, description="anything else that matters, in one sentence")
 
 
 class RoundPlan(BaseModel):
     """What the coder should try next."""
 
-    encoders: list[str] = Field(description=f"encoder families to try, from {ENCODERS}")
-    decoders: list[str] = Field(description=f"decoder families to try, from {DECODERS}")
-    rationale: str = Field("", description="one sentence: why these")
+    # Bounded lengths become bounds in the JSON grammar a local server constrains to: a small model otherwise
+    # repeats itself until the output-token cap and the answer is lost.
+    encoders: list[str] = Field(max_length=len(ENCODERS), description=f"encoder families to try, best first, from {ENCODERS}")
+    decoders: list[str] = Field(max_length=len(DECODERS), description=f"decoder families to try, best first, from {DECODERS}")
+    rationale: str = Field("", max_length=300, description="one sentence: why these")
 
 
 PLANNER_SYSTEM = (

@@ -90,6 +90,9 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
                     svc.models["planner"], state["requirement"], task), state["requirement"])
             except BudgetExceeded:
                 return {**update, "task": task.model_dump(), **_stop("token_budget")}
+            except ValueError as err:  # no usable answer, re-asks included: the run's own settings stand
+                svc.journal.log_event(state["run_id"], "planner_fallback", {"error": str(err)[:500]})
+                draft = task.model_dump()
             task = Task(**draft)
         if ctx.confirm_task:
             # A person confirms or edits the task; the value they resume with replaces it.
@@ -117,6 +120,8 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
             plan = planner.sanitize(planner.RoundPlan(**data), task)
         except BudgetExceeded:
             return {**update, **_stop("token_budget")}
+        except ValueError as err:  # no usable plan, re-asks included: the default rotation plans this round
+            svc.journal.log_event(svc.run_id, "planner_fallback", {"round": round_index, "error": str(err)[:500]})
     budgets = task.budgets.model_copy(update=_budget_changes(svc))
     width = min(ctx.concurrency, budgets.max_candidates - len(_rows(svc)))
     if width <= 0:

@@ -117,3 +117,30 @@ def test_a_spec_with_assigned_families_cannot_name_others() -> None:
     schema = model.model_json_schema()
     assert "ViTOptions" not in str(schema) and "GRUOptions" in str(schema)
     assert model.__name__ == "ArchSpec"  # the tool the coder is forced to call keeps its name
+
+
+def test_a_planner_with_no_usable_answer_leaves_the_round_to_the_default_rotation(tmp_path: Path, monkeypatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from capnas.agents.llm import StructuredOutputError
+    from capnas.agents.planner import RoundPlan, default_plan
+    from capnas.graph import nodes
+    from capnas.graph.journal import Journal
+    from capnas.tools.task import Task
+
+    def cut_off(*args, **kwargs):
+        raise StructuredOutputError(RoundPlan, "the answer was cut off at the output-token limit", '{"rationale": "...')
+
+    monkeypatch.setattr(nodes.planner, "plan_round", cut_off)
+    models = AgentModels(default=LLMConfig(model="m", base_url="http://127.0.0.1:9/v1"))
+    ctx = Context(workspace=str(tmp_path), generation="spec", models=models, concurrency=2)
+    task = Task(dataset="shapes:60", image_size=32)
+    state = {"run_id": "fallback", "task": task.model_dump(), "started_at": time.time(), "round": 1}
+    out = nodes.planner_node(state, SimpleNamespace(context=ctx, stream_writer=None))
+
+    assert "stop_reason" not in out and out["plan"] == default_plan(task, 1).model_dump()
+    assert out["round_candidates"] == ["fallback-r001", "fallback-r001-1"]
+    assert out["assignments"] == [["resnet", "gru"], ["resnet", "transformer"]]
+    events = Journal(tmp_path / "journal.sqlite").events("fallback")
+    assert [e["kind"] for e in events] == ["planner_fallback"] and "cut off" in events[0]["payload"]["error"]
