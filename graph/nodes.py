@@ -194,9 +194,13 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
                                   if families else "")
         messages = coder.coder_messages(ctx.generation, svc.contract, snippets, board, state.get("feedback", ""),
                                         plan=brief.strip(), repair=repair)
+        # Asked again for something new after a duplicate, a model at its usual low temperature tends to give
+        # the very same answer: that one call samples hotter.
+        hot = existing is not None and existing["status"] == "duplicate"
         try:
             data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}",
-                           lambda: _coder_call(ctx.generation, svc, messages, families), _prompt_text(messages), cid)
+                           lambda: _coder_call(ctx.generation, svc, messages, families, DUPLICATE_REPAIR_TEMPERATURE if hot else None),
+                           _prompt_text(messages), cid)
         except BudgetExceeded:
             return {"stops": ["token_budget"]}
         except ValueError as err:  # the model never produced a usable answer: record, do not retry forever
@@ -213,11 +217,18 @@ def _duplicate(cand: dict[str, Any]) -> list[dict[str, Any]]:
              "already tried; it will not be trained again.", "hint": "choose a different architecture or options"}]
 
 
-def _coder_call(generation: str, svc: RunServices, messages, families) -> tuple[dict, str, dict]:
+DUPLICATE_REPAIR_TEMPERATURE = 1.0
+
+
+def _coder_call(generation: str, svc: RunServices, messages, families, temperature: float | None = None):
+    """(answer, raw reply, usage) of one coder call; `temperature` overrides the role's for this call only."""
+    model = svc.models["coder"]
+    if temperature is not None:
+        model = model.model_copy(update={"temperature": temperature})
     if generation == "spec":
-        spec, code, raw, usage = coder.write_spec(svc.models["coder"], messages, families)
+        spec, code, raw, usage = coder.write_spec(model, messages, families)
         return {"code": code, "spec": spec.model_dump(mode="json")}, raw, usage
-    code, raw, usage = coder.write_code(svc.models["coder"], messages)
+    code, raw, usage = coder.write_code(model, messages)
     return {"code": code, "spec": None}, raw, usage
 
 

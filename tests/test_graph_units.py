@@ -144,3 +144,38 @@ def test_a_planner_with_no_usable_answer_leaves_the_round_to_the_default_rotatio
     assert out["assignments"] == [["resnet", "gru"], ["resnet", "transformer"]]
     events = Journal(tmp_path / "journal.sqlite").events("fallback")
     assert [e["kind"] for e in events] == ["planner_fallback"] and "cut off" in events[0]["payload"]["error"]
+
+
+def test_asked_again_after_a_duplicate_the_coder_samples_hotter(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from capnas.graph import nodes
+    from capnas.graph.journal import Journal
+    from capnas.tools.archspec import ArchSpec, render
+    from capnas.tools.task import Task
+
+    task = Task(dataset="shapes:60", image_size=32)
+    spec = ArchSpec(encoder={"name": "small_cnn"}, decoder={"name": "gru"})
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.create_run(task.model_dump(), {}, run_id="hot")
+    journal.add_candidate("hot", render(spec), round=0, mode="spec", spec=spec.model_dump(mode="json"), candidate_id="hot-r000")
+    dup = journal.add_candidate("hot", render(spec), round=1, mode="spec", spec=spec.model_dump(mode="json"),
+                                candidate_id="hot-r001")
+    assert dup.status == "duplicate"
+
+    temperatures = []
+
+    def write_spec(model, messages, families=None):
+        temperatures.append(model.temperature)
+        other = spec.model_copy(update={"lr": 3e-3})
+        return other, render(other), "{}", {"input_tokens": 10, "output_tokens": 5}
+
+    monkeypatch.setattr(nodes.coder, "write_spec", write_spec)
+    models = AgentModels(default=LLMConfig(model="m", base_url="http://127.0.0.1:9/v1"))
+    runtime = SimpleNamespace(context=Context(workspace=str(tmp_path), models=models), stream_writer=None)
+    plan = {"encoders": ["small_cnn"], "decoders": ["gru"], "rationale": ""}
+    state = {"run_id": "hot", "task": task.model_dump(), "round": 1, "plan": plan, "families": ["small_cnn", "gru"]}
+    nodes.coder_node({**state, "candidate_id": "hot-r001", "repairs": 1}, runtime)  # the duplicate, asked again
+    nodes.coder_node({**state, "candidate_id": "hot-r002", "repairs": 0}, runtime)  # a first answer
+    assert temperatures == [nodes.DUPLICATE_REPAIR_TEMPERATURE, models.default.temperature]
+    assert journal.get_candidate("hot-r001").status == "generated"  # its new answer replaced the duplicate
