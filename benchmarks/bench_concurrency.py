@@ -11,7 +11,9 @@ Every candidate trains a fixed number of epochs (no time cap; early stopping on 
 
 On CPU the jobs of a round share the cores (threads per job = cores // concurrency), so the gain is what
 overlapping each job's serial parts buys: interpreter and torch start-up, the probe, val generation, scoring.
-GPU utilization is sampled with nvidia-smi every 0.5 s while a row runs (blank on CPU).
+GPU utilization is sampled with nvidia-smi every 0.5 s while a row runs (blank on CPU). "training CPU s" sums
+the CPU seconds of the training jobs' process trees (from each `train_result.json`): the same work on fewer
+threads per job costs fewer CPU seconds, so it is not a utilization.
 """
 
 from __future__ import annotations
@@ -72,7 +74,6 @@ def run_one(args, concurrency: int, root: Path) -> dict:
     from capnas import runner
     from capnas.graph.context import Context
     from capnas.graph.journal import Journal
-    from capnas.tools.slots import cpu_count
     from capnas.tools.task import Budgets, Task
 
     task = Task(dataset=dataset_spec(args.dataset), image_size=args.image_size, max_len=args.max_len,
@@ -93,7 +94,7 @@ def run_one(args, concurrency: int, root: Path) -> dict:
             cpu_s += json.loads(result.read_text()).get("sandbox", {}).get("cpu_s") or 0.0
     trained = [c for c in cands if c.status == "trained"]
     return {"concurrency": concurrency, "candidates": len(cands), "trained": len(trained), "wall_s": wall,
-            "per_hour": len(trained) / wall * 3600, "cpu_util": cpu_s / (wall * cpu_count()), "gpu_util": gpu.mean,
+            "per_hour": len(trained) / wall * 3600, "cpu_s": cpu_s, "gpu_util": gpu.mean,
             "best_cider": max((c.metrics or {}).get("cider", 0.0) for c in trained) if trained else None,
             "status": summary["status"]}
 
@@ -126,13 +127,13 @@ def main() -> None:
     print(f"\ncandidates trained and evaluated per hour — {datetime.date.today()}, device {args.device}, "
           f"{cpu_count()} cores, dataset {args.dataset} at {args.image_size}px, {args.candidates} random candidates "
           f"(seed {args.seed}), {args.epochs} epochs each\n")
-    print("| concurrency | trained / run | wall s | per hour | vs first row | CPU util | GPU util | best val CIDEr |")
+    print("| concurrency | trained / run | wall s | per hour | vs first row | training CPU s | GPU util | best val CIDEr |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         gpu = f"{r['gpu_util']:.0f}%" if r["gpu_util"] is not None else ""
         best = f"{r['best_cider']:.3f}" if r["best_cider"] is not None else ""
         print(f"| {r['concurrency']} | {r['trained']} / {r['candidates']} | {r['wall_s']:.0f} | {r['per_hour']:.1f} | "
-              f"{r['per_hour'] / base:.2f}x | {r['cpu_util']:.0%} | {gpu} | {best} |")
+              f"{r['per_hour'] / base:.2f}x | {r['cpu_s']:.0f} | {gpu} | {best} |")
     print(f"\nworkspaces: {root}")
 
 

@@ -174,9 +174,9 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     families = tuple(state["families"]) if state.get("families") else None
     spec = None
     if ctx.generation == "random":
-        # Families bind random draws only when the task names some: otherwise the baseline stays uniform.
-        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed,
-                                       families if svc.task.families else None)
+        # The baseline ignores the planner's assignment: a draw depends only on the seed, the candidate's index
+        # and the families the task allows, so runs at any concurrency draw the same candidates.
+        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed, svc.task.families)
         if code is None:
             return {"stops": ["search_space_exhausted"]}
     elif ctx.models is None:
@@ -232,12 +232,11 @@ def _coder_call(generation: str, svc: RunServices, messages, families, temperatu
     return {"code": code, "spec": None}, raw, usage
 
 
-def _random_candidate(svc: RunServices, index: int, seed: int,
-                      families: tuple[str, str] | None) -> tuple[str | None, dict | None]:
+def _random_candidate(svc: RunServices, index: int, seed: int, families: list[str]) -> tuple[str | None, dict | None]:
     """Sample specs until one is new to this run (bounded). Seeded by the candidate's index in the run, so a
     resumed run draws the same ones, and so does a run with another concurrency."""
     for attempt in range(50):
-        spec = archspec.sample(random.Random(f"{seed}:{index}:{attempt}"), *(families or ()))
+        spec = archspec.sample(random.Random(f"{seed}:{index}:{attempt}"), families)
         code = archspec.render(spec)
         if svc.journal.find_by_hash(svc.run_id, normalized_code_hash(code)) is None:
             return code, spec.model_dump(mode="json")

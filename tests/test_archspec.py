@@ -363,3 +363,10 @@ def test_every_rendered_pair_passes_the_probe(encoder: str, decoder: str, tmp_pa
 @pytest.mark.parametrize("name", ["efficientnet_lstm_attention", "efficientnet_transformer"])
 def test_pretrained_reference_models_pass_the_probe(name: str, tmp_path: Path) -> None:
     assert_probe_clean(reference_path(name).read_text(), tmp_path)
+
+
+def test_random_draws_stay_inside_the_families_a_task_names() -> None:
+    pairs = {(s.encoder.name, s.decoder.name) for s in (sample(random.Random(i), ["small_cnn", "gru"]) for i in range(20))}
+    assert pairs == {("small_cnn", "gru")}
+    vit_only = [sample(random.Random(i), ["vit"]) for i in range(30)]
+    assert {s.encoder.name for s in vit_only} == {"vit"} and len({s.decoder.name for s in vit_only}) == 3

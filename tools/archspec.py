@@ -9,6 +9,7 @@ choices, and the caption-net-v1 glue. The rendered text never imports capnas.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -82,15 +83,16 @@ def families(spec: ArchSpec | dict) -> tuple[str, str]:
     return spec.encoder.name, spec.decoder.name
 
 
-def sample(rng: random.Random, encoder: str | None = None, decoder: str | None = None) -> ArchSpec:
+def sample(rng: random.Random, families: Sequence[str] = ()) -> ArchSpec:
     """A random spec: encoder and decoder families uniformly, then every option and training field uniformly over
-    its declared space (log-uniformly for lr). Deterministic for a seeded `rng`. `encoder`/`decoder` fix a family."""
+    its declared space (log-uniformly for lr). Deterministic for a seeded `rng`. `families` (component names)
+    keeps the draw inside them: encoders among those named, if any, and decoders likewise."""
 
     def draw(model: type[BaseModel], skip: set[str]) -> dict:
         return {name: space_of(field).sample(rng) for name, field in model.model_fields.items() if name not in skip}
 
-    encoder = get_component(encoder).options if encoder else rng.choice(encoders()).options
-    decoder = get_component(decoder).options if decoder else rng.choice(decoders()).options
+    encoder = rng.choice([c for c in encoders() if c.name in families] or encoders()).options
+    decoder = rng.choice([c for c in decoders() if c.name in families] or decoders()).options
     return ArchSpec(
         encoder=encoder(**draw(encoder, {"name"})),
         decoder=decoder(**draw(decoder, {"name"})),
