@@ -122,18 +122,17 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
             return {**update, **_stop("token_budget")}
         except ValueError as err:  # no usable plan, re-asks included: the default rotation plans this round
             svc.journal.log_event(svc.run_id, "planner_fallback", {"round": round_index, "error": str(err)[:500]})
-    budgets = task.budgets.model_copy(update=_budget_changes(svc))
-    width = min(ctx.concurrency, budgets.max_candidates - len(_rows(svc)))
+    rows = _rows(svc)
+    width = min(ctx.concurrency, _budgets(svc).max_candidates - len(rows))
     if width <= 0:
         return {**update, **_stop("max_candidates")}
     keep = _families_of(svc, state.get("parent_id") or _best_id(svc)) if state.get("decision") == "refine" else None
-    pairs = planner.assign(plan, width, _tried(svc), keep, fallback=planner.default_plan(task, round_index))
+    pairs = planner.assign(plan, width, _tried(rows), keep, fallback=planner.default_plan(task, round_index))
     ids = [candidate_id(state["run_id"], round_index, slot) for slot in range(width)]
-    first_index = len(_rows(svc))
     svc.prepared, svc.contract  # noqa: B018 - build the shared data once, before the branches read it at once
     _emit(runtime, "round", round=round_index, plan=plan.model_dump(), candidates=ids, families=pairs)
     return {**update, "plan": plan.model_dump(), "round_candidates": ids, "assignments": [list(p) for p in pairs],
-            "first_index": first_index}
+            "first_index": len(rows)}
 
 
 def candidate_id(run_id: str, round_index: int, slot: int = 0) -> str:
@@ -142,9 +141,10 @@ def candidate_id(run_id: str, round_index: int, slot: int = 0) -> str:
     return f"{run_id}-r{round_index:03d}" + (f"-{slot}" if slot else "")
 
 
-def _tried(svc: RunServices) -> set[tuple[str, str]]:
-    """Family pairs this run has already spent a candidate on (any outcome but a rejected duplicate)."""
-    return {archspec.families(r["spec"]) for r in _rows(svc) if r.get("spec") and r["status"] != "duplicate"}
+def _tried(rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Family pairs a run's candidates (journal rows) have already spent a candidate on (any outcome but a
+    rejected duplicate)."""
+    return {archspec.families(r["spec"]) for r in rows if r.get("spec") and r["status"] != "duplicate"}
 
 
 def _best_id(svc: RunServices) -> str | None:
@@ -299,8 +299,8 @@ def validator_node(state: CandidateState, runtime: Runtime[Context]) -> Command:
 def _probe(svc: RunServices, code: str, threads: int | None, exclusive: bool = False):
     from capnas.tools.validation import validate_code
 
-    device = svc.ctx.device
-    with svc.slots.job(device, threads=svc.slots.cpus_total if exclusive else (threads or 1)) as device:
+    cores = svc.slots.cpus_total if exclusive else (threads or 1)
+    with svc.slots.job(svc.ctx.device, threads=cores) as device:
         return validate_code(code, svc.contract, device, runner=svc.runner, threads=threads,
                              scratch_root=svc.scratch_dir if svc.ctx.executor == "ray" else None)
 
@@ -393,7 +393,7 @@ def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) -> str | None:
-    budgets = svc.task.budgets.model_copy(update=_budget_changes(svc))
+    budgets = _budgets(svc)
     if svc.journal.stop_requested(svc.run_id):
         return "stopped_by_user"
     if len(_rows(svc)) >= budgets.max_candidates:
@@ -405,6 +405,11 @@ def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) 
     if update.get("decision") == "stop" and len(svc.journal.leaderboard(svc.run_id)) >= max(1, budgets.min_candidates):
         return "critic"
     return None
+
+
+def _budgets(svc: RunServices):
+    """The task's budgets with the changes a person made during the run."""
+    return svc.task.budgets.model_copy(update=_budget_changes(svc))
 
 
 def _budget_changes(svc: RunServices) -> dict[str, Any]:

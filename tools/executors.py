@@ -64,7 +64,7 @@ class RayRunner:
 
     def __call__(self, job: Job, on_event: EventCallback | None = None) -> SandboxResult:
         ray = self._ray()
-        from ray.util.queue import Empty, Queue
+        from ray.util.queue import Queue
 
         events = Queue()
         threads = int(job.args.get("threads") or 1)
@@ -74,10 +74,10 @@ class RayRunner:
         try:
             while True:
                 done, _ = ray.wait([ref], timeout=0.2)
-                self._forward(events, on_event, Empty)
+                self._forward(events, on_event)
                 if done:
                     break
-            self._forward(events, on_event, Empty)
+            self._forward(events, on_event)
             return ray.get(ref)
         except ray.exceptions.RayError as err:  # the worker (or its node) died: this job failed, the run goes on
             return SandboxResult(exit_reason="ray_worker_lost", duration_s=round(time.monotonic() - started, 2),
@@ -86,11 +86,13 @@ class RayRunner:
             events.shutdown()
 
     @staticmethod
-    def _forward(events, on_event: EventCallback | None, empty) -> None:
+    def _forward(events, on_event: EventCallback | None) -> None:
+        from ray.util.queue import Empty
+
         while True:
             try:
                 batch = events.get_nowait_batch(max(1, events.qsize()))
-            except empty:
+            except Empty:
                 return
             if not batch:
                 return
