@@ -437,6 +437,9 @@ def run_sandboxed(job: Job, on_event: EventCallback | None = None) -> SandboxRes
             t.start()
 
         status, rusage, watch = _supervise(proc, plan, cgroup, start)
+        # Writes faster than the watchdog's one-second rounds can end the job in between: measured once more.
+        if watch.reason is None and _over_disk_cap(plan):
+            watch.reason = "file_size_limit"
     finally:
         duration = time.monotonic() - start
         proctree.reap_orphans(_sweep(proc, plan, cgroup))
@@ -544,16 +547,23 @@ def _watch_once(proc: subprocess.Popen[bytes], plan: _Plan, cgroup: RunCgroup | 
             watch.reason = "cpu_limit"  # RLIMIT_CPU is per process; this is the whole tree
     if watch.reason is None and limits.scratch_mb is not None and now >= watch.next_scratch_check:
         watch.next_scratch_check = now + SCRATCH_CHECK_EVERY_S
-        cap = limits.scratch_mb * 2**20
-        used = _dir_size_bytes(plan.job.scratch, cap)
-        if plan.private_tmp is not None:
-            used += _dir_size_bytes(plan.private_tmp, cap)
-        if used > cap:
+        if _over_disk_cap(plan):
             watch.reason = "file_size_limit"
     if watch.reason is not None:
         _kill_run(proc, plan, cgroup)
 
 
+
+
+def _over_disk_cap(plan: _Plan) -> bool:
+    """The job's scratch (and its private tmp dir, tier B) hold more than `scratch_mb`."""
+    if plan.job.limits.scratch_mb is None:
+        return False
+    cap = plan.job.limits.scratch_mb * 2**20
+    used = _dir_size_bytes(plan.job.scratch, cap)
+    if plan.private_tmp is not None:
+        used += _dir_size_bytes(plan.private_tmp, cap)
+    return used > cap
 
 
 def _kill_run(proc: subprocess.Popen[bytes] | None, plan: _Plan, cgroup: RunCgroup | None) -> list[int]:
