@@ -176,7 +176,7 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     if ctx.generation == "random":
         # The baseline ignores the planner's assignment: a draw depends only on the seed, the candidate's index
         # and the families the task allows, so runs at any concurrency draw the same candidates.
-        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed, svc.task.families)
+        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed, svc.task)
         if code is None:
             return {"stops": ["search_space_exhausted"]}
     elif ctx.models is None:
@@ -192,6 +192,8 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
                       "violations": (existing.get("contract") or {}).get("violations", []) or _duplicate(existing)}
         brief = plan.rationale + (f"\nThis candidate uses the {families[0]} encoder and the {families[1]} decoder."
                                   if families else "")
+        if svc.task.frozen_encoders:
+            brief += "\nThe task keeps pretrained encoders frozen (no gradients, BatchNorm in eval mode)."
         messages = coder.coder_messages(ctx.generation, svc.contract, snippets, board, state.get("feedback", ""),
                                         plan=brief.strip(), repair=repair)
         # Asked again for something new after a duplicate, a model at its usual low temperature tends to give
@@ -226,17 +228,18 @@ def _coder_call(generation: str, svc: RunServices, messages, families, temperatu
     if temperature is not None:
         model = model.model_copy(update={"temperature": temperature})
     if generation == "spec":
-        spec, code, raw, usage = coder.write_spec(model, messages, families)
+        spec, code, raw, usage = coder.write_spec(model, messages, families, svc.task.frozen_encoders)
         return {"code": code, "spec": spec.model_dump(mode="json")}, raw, usage
     code, raw, usage = coder.write_code(model, messages)
     return {"code": code, "spec": None}, raw, usage
 
 
-def _random_candidate(svc: RunServices, index: int, seed: int, families: list[str]) -> tuple[str | None, dict | None]:
+def _random_candidate(svc: RunServices, index: int, seed: int, task: Task) -> tuple[str | None, dict | None]:
     """Sample specs until one is new to this run (bounded). Seeded by the candidate's index in the run, so a
     resumed run draws the same ones, and so does a run with another concurrency."""
     for attempt in range(50):
-        spec = archspec.sample(random.Random(f"{seed}:{index}:{attempt}"), families)
+        spec = archspec.sample(random.Random(f"{seed}:{index}:{attempt}"), task.families)
+        spec = archspec.frozen(spec) if task.frozen_encoders else spec
         code = archspec.render(spec)
         if svc.journal.find_by_hash(svc.run_id, normalized_code_hash(code)) is None:
             return code, spec.model_dump(mode="json")
@@ -324,14 +327,16 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
     ctx = runtime.context
     with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.get("params"), batch_size)) as device:
         _emit(runtime, "candidate", candidate_id=cid, status="training")
+        features = _stored_features(svc, runtime, spec, device, cid)
         svc.journal.log_event(svc.run_id, "train_call", {"time_budget_s": round(remaining_s, 1), "device": device,
-                                                         "threads": svc.threads}, cid)
+                                                         "threads": svc.threads, "features": features}, cid)
         outcome = train_candidate(
             cand["code"], svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
             epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs, batch_size=batch_size,
             time_budget_s=max(10.0, min(budgets.train_time_s, remaining_s)),
             device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,
             on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
+            features=features,
         )
     # A job killed from outside while this run lives (a person, the OOM killer, a lost Ray worker) is one failed
     # candidate: the run goes on. (When the run itself dies, nothing is recorded and a resume continues the job.)
@@ -348,6 +353,27 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
     _emit(runtime, "candidate", candidate_id=cid, status=status, metrics=outcome.metrics,
           exit_reason=outcome.exit_reason)
     return {}
+
+
+def _stored_features(svc: RunServices, runtime: Runtime[Context], spec: archspec.ArchSpec | None, device: str,
+                     cid: str) -> str | None:
+    """The key of stored frozen-encoder tokens this candidate trains on (extracted by the first job that needs
+    them, on the device it holds), or None: images. A failed extraction costs the speed-up, not the candidate."""
+    from capnas.tools.features import FeaturesError, cached_encoder, ensure_features
+
+    encoder = cached_encoder(spec)
+    if encoder is None:
+        return None
+    try:
+        key, extracted = ensure_features(svc.prepared, encoder, device=device, threads=svc.threads,
+                                         runner=svc.runner, scratch_root=svc.scratch_dir)
+    except FeaturesError as e:
+        svc.journal.log_event(svc.run_id, "features_failed", {"encoder": encoder, "error": str(e)[-2000:]}, cid)
+        return None
+    if extracted is not None:
+        svc.journal.log_event(svc.run_id, "features_extracted", extracted, cid)
+        _emit(runtime, "features", candidate_id=cid, key=key, seconds=extracted.get("wall_s"))
+    return key
 
 
 def _train_fields(event: dict[str, Any]) -> dict[str, Any]:

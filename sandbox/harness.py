@@ -135,6 +135,16 @@ def run_generate(job: Job) -> dict[str, Any]:
     return generate(job.scratch, job.data_dir, job.args, emit, device=job.device)
 
 
+@entry("features")
+def run_features(job: Job) -> dict[str, Any]:
+    """Frozen-encoder tokens of the prepared images (`capnas.sandbox.features.extract`)."""
+    from capnas.sandbox.features import extract
+
+    if job.data_dir is None:
+        raise ValueError("entry 'features' needs job.data_dir: mount the prepared dataset's sandbox_dir")
+    return extract(job.scratch, job.data_dir, job.args, emit, device=job.device)
+
+
 # -- main --------------------------------------------------------------------------------------------------
 
 

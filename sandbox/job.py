@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Entry = Literal["probe", "train", "generate", "script"]
+Entry = Literal["probe", "train", "generate", "features", "script"]
 
 # Files in the scratch dir that the launcher and the harness agree on.
 JOB_FILE = "job.json"  # HarnessInput, written by the launcher
-CANDIDATE_FILE = "candidate.py"  # the model code under test (entries probe, train, generate)
+CANDIDATE_FILE = "candidate.py"  # the model code under test (entries probe, train, generate, features)
 RESULT_FILE = "result.json"  # the entry's return value, written atomically by the harness
 EXIT_CONFINEMENT_FAILED = 121  # harness exit status when it could not put up the walls it was asked for
 

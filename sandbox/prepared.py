@@ -5,7 +5,12 @@ Per split, two files, so that a directory can hold a split's images without its 
     <split>.images.pt     {"images": uint8 [N, 3, S, S], "image_ids": [N ints]}
     <split>.captions.pt   {"captions": int64 [N, Ncap, L], "image_ids": [N ints]}   rows `BOS w.. EOS PAD..`
 
-plus `meta.json` (sizes, lengths, split sizes) and `vocab.json`. `capnas.tools.prepare` writes it; the
+plus `meta.json` (sizes, lengths, split sizes) and `vocab.json`. Optionally, frozen-encoder features of the
+images, one folder per extractor (written by `capnas.tools.features`, read by the training loop instead of images):
+
+    features/<key>/<split>.features.pt   {"features": float16 [N, T, D], "image_ids": [N ints]}
+
+`capnas.tools.prepare` writes the rest; the
 sandboxed harness reads it, memory-mapped, so concurrent jobs share one copy in the page cache.
 This module imports only torch and the standard library, so it is safe inside the sandbox.
 """
@@ -23,6 +28,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 VOCAB_FILE = "vocab.json"
+FEATURES_DIR = "features"
 
 
 class PreparedFormatError(ValueError):
@@ -56,6 +62,29 @@ def save_split(
     _check_count(images.shape[0], captions.shape[0], ids, Path(data_dir), split)
     torch.save({"images": images, "image_ids": ids}, images_file(data_dir, split))
     torch.save({"captions": captions, "image_ids": ids}, captions_file(data_dir, split))
+
+
+def features_file(data_dir: Path, key: str, split: str) -> Path:
+    return Path(data_dir) / FEATURES_DIR / key / f"{split}.features.pt"
+
+
+def save_features(path: Path, features: torch.Tensor, image_ids: list[int]) -> None:
+    _check_features(features, path)
+    if features.shape[0] != len(image_ids):
+        raise PreparedFormatError(f"{path}: {features.shape[0]} feature rows for {len(image_ids)} image ids")
+    torch.save({"features": features, "image_ids": [int(i) for i in image_ids]}, path)
+
+
+def load_features(data_dir: Path, key: str, split: str, mmap: bool = True) -> torch.Tensor:
+    """float16 `[N, T, D]` tokens of one split's images, in the same order as its images; memory-mapped."""
+    path = features_file(data_dir, key, split)
+    features = _load(path, "features", mmap)
+    _check_features(features, path)
+    ids = list(_load(path, "image_ids", mmap=True))
+    if ids != load_image_ids(data_dir, split):
+        raise PreparedFormatError(f"{path} does not list the images of split {split!r} in their prepared order; "
+                                  "delete that features folder so it is extracted again")
+    return features
 
 
 def load_images(data_dir: Path, split: str, mmap: bool = True) -> torch.Tensor:
@@ -114,6 +143,12 @@ def _check_images(images: Any, path: Path) -> None:
     if not (ok and images.shape[1] == 3 and images.shape[2] == images.shape[3]):
         got = f"{images.dtype} {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise PreparedFormatError(f"{path}: images must be uint8 [N, 3, S, S], got {got}")
+
+
+def _check_features(features: Any, path: Path) -> None:
+    if not (isinstance(features, torch.Tensor) and features.dtype == torch.float16 and features.dim() == 3):
+        got = f"{features.dtype} {list(features.shape)}" if isinstance(features, torch.Tensor) else type(features).__name__
+        raise PreparedFormatError(f"{path}: features must be float16 [N, T, D], got {got}")
 
 
 def _check_captions(captions: Any, path: Path) -> None:

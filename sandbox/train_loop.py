@@ -150,9 +150,17 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(255.0)
 
 
+def model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """What `learn` and `forward` receive: images as float in [0, 1], or precomputed frozen-encoder tokens
+    (float16 [B, T, D] on disk) as float32; the frozen encoder passes tokens through unchanged."""
+    if batch.dtype == torch.uint8:
+        return to_float(batch, device)
+    return batch.to(device, non_blocking=True).float()
+
+
 class Batches:
     """One epoch of shuffled mini-batches `(images float [B,3,H,W] in [0,1], captions int64 [B,Ncap,L])`
-    gathered from uint8 tensors: no decoding, a gather and a divide. It ends early (after at least one
+    gathered from uint8 tensors: no decoding, a gather and a divide (or frozen-encoder tokens instead of images). It ends early (after at least one
     batch) when the deadline passes or the parent asks to stop, and counts what it handed out."""
 
     def __init__(self, images: torch.Tensor, captions: torch.Tensor, batch_size: int, device: torch.device,
@@ -179,7 +187,7 @@ class Batches:
                 if self.cut_short:
                     return
             index = idx.to(self.images.device)
-            yield to_float(self.images[index], self.device), self.captions[index].to(self.device, non_blocking=True)
+            yield model_input(self.images[index], self.device), self.captions[index].to(self.device, non_blocking=True)
             self.seen += len(idx)
             self.steps_done = step + 1
             if step % self.log_every == 0 or self.steps_done == len(self):
@@ -195,7 +203,7 @@ def generate_ids(model: torch.nn.Module, images: torch.Tensor, batch_size: int, 
     outs = []
     for chunk in images.split(batch_size):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            ids = model(to_float(chunk, device))
+            ids = model(model_input(chunk, device))
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != len(chunk):
             got = f"{ids.dtype} {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise RuntimeError(f"forward(images) on {len(chunk)} images returned {got}; caption-net-v1 wants "
@@ -217,7 +225,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     args: vocab_size (required), hparams {}, epochs 10, time_budget_s (total over resumes; none by default),
     batch_size 32, seed 0, bf16 True (CUDA only), eval_every 1 (epochs between val generations; the last epoch
     always generates), log_every 20 (batches between `step` events), threads (torch's CPU threads; None: torch's
-    default, one per core).
+    default, one per core), features (a key under `features/`: train on those frozen-encoder tokens, not images).
     Resumes after the last committed epoch when `checkpoint.pt` exists. Returns the JSON-able result."""
     t0 = time.perf_counter()
     dev = torch.device(device)
@@ -228,12 +236,18 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     autocast = bool(args.get("bf16", True)) and dev.type == "cuda"
     set_threads(args.get("threads"))
 
+    # With `features`, the model sees the frozen encoder's tokens computed once per dataset instead of images:
+    # the same numbers its frozen encoder would compute every epoch (see capnas.tools.features).
+    features = args.get("features")
     train_split = prepared.load_split(data_dir, "train")
-    images, captions = place(train_split.images, dev), place(train_split.captions, dev)
-    val_images = place(prepared.load_images(data_dir, "val"), dev)
-    n, _, h, w = images.shape
+    inputs = prepared.load_features(data_dir, features, "train") if features else train_split.images
+    val_inputs = prepared.load_features(data_dir, features, "val") if features else prepared.load_images(data_dir, "val")
+    images, captions, val_images = place(inputs, dev), place(train_split.captions, dev), place(val_inputs, dev)
+    n = len(images)
+    h = w = int(train_split.images.shape[-1])
     max_len = captions.shape[-1]
-    print(f"data: {n} train images {h}x{w}, captions {list(captions.shape[1:])}, {len(val_images)} val images, "
+    shown = f"features {features} {list(images.shape[1:])}" if features else f"images {h}x{w}"
+    print(f"data: {n} train {shown}, captions {list(captions.shape[1:])}, {len(val_images)} val, "
           f"on {images.device} ({time.perf_counter() - t0:.1f} s)")
 
     seed_everything(seed)
@@ -254,7 +268,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
         done_epoch, curve, spent_s = ckpt["epoch"], ckpt["curve"], ckpt["spent_s"]
         print(f"resumed after epoch {done_epoch} ({spent_s:.1f} s of training spent)")
     emit("start", params=params, train_images=n, val_images=len(val_images), epochs=epochs, device=str(dev),
-         prm=prm, resumed_from=done_epoch, curve=curve, bf16=autocast)
+         prm=prm, resumed_from=done_epoch, curve=curve, bf16=autocast, inputs=features or "images")
 
     stopped = stop_requested(scratch) or ("time_budget" if spent_s >= budget_s else None)
     epoch = done_epoch
@@ -295,7 +309,8 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     learn_s = sum(p["train_s"] for p in curve)
     return {"params": params, "prm": prm, "curve": curve, "stopped": stopped, "epochs_done": len(curve),
             "images_per_s": round(seen / learn_s, 1) if learn_s > 0 else None, "spent_s": round(spent_s, 2),
-            "duration_s": round(time.perf_counter() - t0, 2), "device": str(dev), "bf16": autocast}
+            "duration_s": round(time.perf_counter() - t0, 2), "device": str(dev), "bf16": autocast,
+            "inputs": features or "images"}
 
 
 # -- the `generate` entry ----------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def train_candidate(
     evaluator: CaptionEvaluator | None = None,
     on_event: EventCallback | None = None,
     runner: Callable[..., SandboxResult] | None = None,
+    features: str | None = None,
 ) -> TrainResult:
     """Train candidate `code` on `prepared` (its sandbox view is all the job sees) and score it on val.
 
@@ -142,6 +143,8 @@ def train_candidate(
     val generations (the last epoch always generates). `threads` sets torch's CPU threads in the job (None:
     torch's default). `evaluator` is reused for the final metrics when given (its METEOR process is slow to start).
     `runner` runs the sandboxed job (default: a child process here; see `capnas.tools.executors` for Ray).
+    `features` is the key of stored frozen-encoder tokens (`capnas.tools.features.ensure_features`) to train on
+    instead of images, for a candidate whose encoder is that frozen encoder.
     `on_event` receives the harness's events (start, step, epoch, stopping) and this side's (val, early_stop,
     evaluating), from a background thread.
 
@@ -151,7 +154,8 @@ def train_candidate(
     started = time.monotonic()
     run_dir = Path(run_dir).resolve()
     # What the job is. The time budget is not part of it: a resumed call may bring what is left of a run's time
-    # (the training time already spent counts against it), and so may the device, threads and memory.
+    # (the training time already spent counts against it), and so may the device, threads and memory, and stored
+    # features or not (the frozen encoder's tokens either way, up to float16 rounding).
     spec = {"code_sha256": hashlib.sha256(code.encode()).hexdigest(), "prepared": prepared.dir.name,
             "hparams": dict(sorted((hparams or {}).items())), "epochs": epochs, "batch_size": batch_size,
             "seed": seed, "patience": patience, "eval_every": eval_every}
@@ -170,7 +174,7 @@ def train_candidate(
     job = Job(entry="train", scratch=job_dir, data_dir=prepared.sandbox_dir, device=device,
               args={"vocab_size": len(prepared.vocab), "hparams": dict(hparams or {}), "epochs": epochs,
                     "time_budget_s": time_budget_s, "batch_size": batch_size, "seed": seed, "bf16": bf16,
-                    "eval_every": eval_every, "threads": threads},
+                    "eval_every": eval_every, "threads": threads, "features": features},
               limits=Limits(wall_s=STARTUP_S + (1.25 * time_budget_s if time_budget_s else 7 * 86400.0),
                             memory_mb=memory_mb))
     book.start()

@@ -162,6 +162,8 @@ def event_line(e: dict[str, Any], view: RunView, verbose: bool) -> str | None:
         return f"    epoch {e.get('epoch')}: loss={_num(e.get('loss'))}"
     if kind == "train" and verbose and e.get("phase") == "val":
         return f"    epoch {e.get('epoch')}: val cider={_num(e.get('cider'))}"
+    if kind == "features":
+        return f"  frozen-encoder tokens {escape(str(e.get('key')))} stored for every later job ({_num(e.get('seconds'), 1)} s)"
     if kind == "critic" and e.get("feedback"):
         return f"  critic ({e['decision']}): {escape(e['feedback'])}"
     return None

@@ -18,7 +18,8 @@ from efficientnet_lite_pytorch import EfficientNet
 class EfficientNetLite0Encoder(nn.Module):
     """The last feature map of ImageNet-pretrained EfficientNet-Lite0 (1280 channels, stride 32: 7x7 at 224 px).
 
-    With `freeze` the backbone is a fixed feature extractor: no gradients, BatchNorm kept in eval mode.
+    With `freeze` the backbone is a fixed feature extractor: no gradients, BatchNorm kept in eval mode, and tokens
+    it made before may be passed in place of images (they come back unchanged).
     images [B, 3, H, W] in [0, 1] -> tokens [B, N, 1280].
     """
 
@@ -43,6 +44,8 @@ class EfficientNetLite0Encoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.freeze and images.dim() == 3:
+            return images  # tokens [B, N, 1280] this frozen backbone already made (a trainer's feature cache)
         x = (images - self.mean) / self.std
         if self.freeze:
             with torch.no_grad():
