@@ -17,7 +17,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from capnas.agents.llm import ask_structured, ask_text
 from capnas.contracts.contract import Contract
-from capnas.tools.archspec import ArchSpec, render, spec_model
+from capnas.tools.archspec import ArchSpec, frozen, render, spec_model
 from capnas.tools.components import get_component
 
 CODER_SYSTEM = {
@@ -88,12 +88,15 @@ def coder_messages(
     return [SystemMessage(CODER_SYSTEM[mode]), HumanMessage("\n\n".join(parts) + f"\n\n{ask}")]
 
 
-def write_spec(llm, messages: list[BaseMessage], families: tuple[str, str] | None = None) -> tuple[ArchSpec, str, str, dict]:
+def write_spec(llm, messages: list[BaseMessage], families: tuple[str, str] | None = None,
+               frozen_encoder: bool = False) -> tuple[ArchSpec, str, str, dict]:
     """spec mode: (spec, rendered code, raw reply, usage). `families` (encoder, decoder) fixes the families the
-    planner assigned: the model fills their options and the training fields."""
-    schema = spec_model(*families) if families else ArchSpec
+    planner assigned: the model fills their options and the training fields. `frozen_encoder` fixes a pretrained
+    encoder's `freeze` (in the schema when the families are known, else on the answer)."""
+    schema = spec_model(*families, frozen=frozen_encoder) if families else ArchSpec
     answer, raw, usage = ask_structured(llm, messages, schema)
     spec = ArchSpec(**answer.model_dump())
+    spec = frozen(spec) if frozen_encoder else spec
     return spec, render(spec), raw, dict(usage or {})
 
 

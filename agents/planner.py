@@ -26,6 +26,7 @@ class TaskDraft(BaseModel):
     objective: Literal["cider", "bleu_4", "meteor", "rouge_l"] | None = Field(None, description="metric to maximize")
     families: list[str] = Field(default_factory=list, max_length=len(ENCODERS + DECODERS),
                                 description=f"encoder/decoder families asked for, from {ENCODERS + DECODERS}")
+    frozen_encoders: bool | None = Field(None, description="true when they want pretrained encoders kept frozen")
     max_candidates: int | None = Field(None, ge=1, le=1000, description="how many models to try")
     time_budget_min: float | None = Field(None, gt=0, description="minutes for the whole search")
     notes: str = Field("", max_length=300, description="anything else that matters, in one sentence")
@@ -64,7 +65,7 @@ def draft_task(llm, requirement: str, defaults: Task) -> tuple[Task, str, dict]:
 def apply_draft(task: Task, draft: TaskDraft) -> Task:
     data = task.model_dump()
     budgets = dict(data.pop("budgets"))
-    for key in ("image_size", "max_params", "max_latency_ms", "objective"):
+    for key in ("image_size", "max_params", "max_latency_ms", "objective", "frozen_encoders"):
         if getattr(draft, key) is not None:
             data[key] = getattr(draft, key)
     known = set(ENCODERS + DECODERS)
@@ -82,7 +83,8 @@ def plan_round(llm, task: Task, leaderboard: str, feedback: str) -> tuple[RoundP
         SystemMessage(PLANNER_SYSTEM),
         HumanMessage(
             f"Task: captioning on {task.dataset}, {task.image_size}px images, at most {task.max_params:,} parameters, "
-            f"maximize val {task.objective}. Families requested: {task.families or 'any'}.\n"
+            f"maximize val {task.objective}. Families requested: {task.families or 'any'}"
+            f"{'; pretrained encoders stay frozen' if task.frozen_encoders else ''}.\n"
             f"Encoders: {', '.join(ENCODERS)}. Decoders: {', '.join(DECODERS)}.\n\n"
             f"Leaderboard so far:\n{leaderboard}\n\nCritic's feedback:\n{feedback or '(none yet)'}\n\n"
             "Which encoder and decoder families should the next candidate use?"

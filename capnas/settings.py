@@ -44,6 +44,7 @@ class RunSettings(BaseModel):
     max_len: int = Field(28, description="caption length in tokens, BOS and EOS included")
     max_params: int = Field(5_000_000, description="parameter budget per model (frozen ones count)")
     max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the device")
+    frozen_encoders: bool = Field(False, description="keep pretrained encoders frozen (their tokens are computed once per dataset)")
     max_tokens: int | None = Field(None, description="LLM token budget for the run (stops it cleanly)")
     max_cost_usd: float | None = Field(None, description="LLM money budget for the run (needs prices per role)")
     device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
@@ -86,7 +87,7 @@ class RunSettings(BaseModel):
     def task(self) -> Task:
         return Task(
             dataset=self.dataset, images=self.images, image_size=self.resolved_image_size(), max_len=self.max_len,
-            max_params=self.max_params, max_latency_ms=self.max_latency_ms,
+            max_params=self.max_params, max_latency_ms=self.max_latency_ms, frozen_encoders=self.frozen_encoders,
             budgets=Budgets(max_candidates=self.max_candidates, min_candidates=self.min_candidates, time_budget_min=self.time_budget, epochs=self.epochs,
                             train_time_s=self.train_time, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd),
         )

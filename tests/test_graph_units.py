@@ -62,6 +62,21 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert settings.task().budgets.max_candidates == 9
 
 
+def test_every_run_setting_is_a_run_flag_and_reaches_the_task(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from capnas.cli import app
+
+    flags = {p.name for p in typer.main.get_command(app).commands["run"].params}
+    assert set(RunSettings.model_fields) - flags == {"llm_roles", "confirm"}  # nested or chat-only: config file
+    assert flags - set(RunSettings.model_fields) == {"config", "json_out", "report", "run_id"}  # about this call
+    assert RunSettings.load(None, {"frozen_encoders": True}).task().frozen_encoders is True
+    assert RunSettings().task().frozen_encoders is False
+    bad = CliRunner().invoke(app, ["run", "--frozen-encoders", "--concurrency", "0", "--run-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "concurrency" in bad.output
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("max_candidates: zero\n", "max_candidates"),
     ("colour: blue\n", "colour"),
@@ -119,6 +134,39 @@ def test_a_spec_with_assigned_families_cannot_name_others() -> None:
     assert model.__name__ == "ArchSpec"  # the tool the coder is forced to call keeps its name
 
 
+def test_a_task_with_frozen_encoders_fixes_freeze_in_the_schema_and_in_random_draws() -> None:
+    import random
+
+    from pydantic import ValidationError
+
+    from capnas.tools.archspec import ArchSpec, frozen, sample, spec_model
+
+    model = spec_model("efficientnet_lite0", "lstm", frozen=True)
+    assert model.model_json_schema()["$defs"]["EfficientNetLite0Options"]["properties"]["freeze"]["const"] is True
+    with pytest.raises(ValidationError):
+        model(encoder={"name": "efficientnet_lite0", "freeze": False}, decoder={"name": "lstm"})
+    spec = ArchSpec(**model(encoder={"name": "efficientnet_lite0"}, decoder={"name": "lstm"}).model_dump())
+    assert spec.encoder.freeze is True
+    # Encoders without a pretrained backbone are untouched, and so is the schema.
+    assert spec_model("small_cnn", "gru", frozen=True).model_json_schema() == spec_model("small_cnn", "gru").model_json_schema()
+    draws = [sample(random.Random(seed), ["efficientnet_lite0"]) for seed in range(12)]
+    assert {d.encoder.freeze for d in draws} == {True, False}  # the search space itself has both
+    pinned = [frozen(d) for d in draws]
+    assert all(d.encoder.freeze for d in pinned)
+    # Everything else about a draw stays as drawn.
+    assert [d.model_copy(update={"encoder": d.encoder.model_copy(update={"freeze": True})}) for d in draws] == pinned
+    small = sample(random.Random(0), ["small_cnn"])
+    assert frozen(small) is small
+
+
+def test_a_person_asking_for_frozen_encoders_sets_the_task() -> None:
+    from capnas.agents.planner import TaskDraft, apply_draft
+    from capnas.tools.task import Task
+
+    assert apply_draft(Task(), TaskDraft(frozen_encoders=True)).frozen_encoders is True
+    assert apply_draft(Task(frozen_encoders=True), TaskDraft()).frozen_encoders is True  # left out: kept
+
+
 def test_a_planner_with_no_usable_answer_leaves_the_round_to_the_default_rotation(tmp_path: Path, monkeypatch) -> None:
     import time
     from types import SimpleNamespace
@@ -165,7 +213,7 @@ def test_asked_again_after_a_duplicate_the_coder_samples_hotter(tmp_path: Path, 
 
     temperatures = []
 
-    def write_spec(model, messages, families=None):
+    def write_spec(model, messages, families=None, frozen_encoder=False):
         temperatures.append(model.temperature)
         other = spec.model_copy(update={"lr": 3e-3})
         return other, render(other), "{}", {"input_tokens": 10, "output_tokens": 5}

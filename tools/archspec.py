@@ -66,11 +66,14 @@ class ArchSpec(BaseModel):
         return f"{part(self.encoder)} + {part(self.decoder)}"
 
 
-def spec_model(encoder: str, decoder: str) -> type[ArchSpec]:
+def spec_model(encoder: str, decoder: str, frozen: bool = False) -> type[ArchSpec]:
     """`ArchSpec` with the encoder and decoder families fixed: the schema the coder fills when the planner has
     assigned a candidate its families (the model then chooses only their options and the training fields).
-    Parse with it, then `ArchSpec(**answer.model_dump())`."""
+    `frozen` fixes `freeze` to true for an encoder that has it. Parse with it, then `ArchSpec(**answer.model_dump())`."""
     enc, dec = get_component(encoder).options, get_component(decoder).options
+    if frozen and "freeze" in enc.model_fields:
+        enc = create_model(enc.__name__, __base__=enc, freeze=(Literal[True], Field(
+            True, description="the task keeps the pretrained backbone frozen")))
     return create_model("ArchSpec", __base__=ArchSpec, __doc__=ArchSpec.__doc__,
                         encoder=(enc, Field(description=f"options of the {encoder} encoder")),
                         decoder=(dec, Field(description=f"options of the {decoder} decoder")))
@@ -81,6 +84,13 @@ def families(spec: ArchSpec | dict) -> tuple[str, str]:
     if isinstance(spec, dict):
         return spec["encoder"]["name"], spec["decoder"]["name"]
     return spec.encoder.name, spec.decoder.name
+
+
+def frozen(spec: ArchSpec) -> ArchSpec:
+    """`spec` with its encoder frozen when the encoder has a `freeze` option (a task's `frozen_encoders`)."""
+    if getattr(spec.encoder, "freeze", True):  # already frozen, or nothing pretrained to freeze
+        return spec
+    return spec.model_copy(update={"encoder": spec.encoder.model_copy(update={"freeze": True})})
 
 
 def sample(rng: random.Random, families: Sequence[str] = ()) -> ArchSpec:
@@ -138,4 +148,5 @@ def _builders(spec: ArchSpec, encoder: Component, decoder: Component) -> str:
     )
 
 
-__all__ = ["HYPERPARAMETERS", "ArchSpec", "DecoderSpec", "EncoderSpec", "families", "render", "sample", "spec_model"]
+__all__ = ["HYPERPARAMETERS", "ArchSpec", "DecoderSpec", "EncoderSpec", "families", "frozen", "render", "sample",
+           "spec_model"]

@@ -37,5 +37,7 @@ class Task(BaseModel):
     max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the target device")
     objective: Metric = Field("cider", description="validation metric the search maximizes")
     families: list[str] = Field(default_factory=list, description="encoder/decoder families the person asked for, if any")
+    frozen_encoders: bool = Field(False, description="pretrained encoders stay frozen (their image tokens are "
+                                                     "computed once and shared by every job); the rest still train")
     notes: str = Field("", description="anything else the person said that matters")
     budgets: Budgets = Field(default_factory=Budgets)

@@ -155,6 +155,8 @@ def register(app: typer.Typer) -> None:
         max_len: Optional[int] = typer.Option(None, "--max-len", help="Caption length in tokens, BOS/EOS included."),
         max_params: Optional[int] = typer.Option(None, "--max-params", help="Parameter budget per model."),
         max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency budget per image."),
+        frozen_encoders: Optional[bool] = typer.Option(None, "--frozen-encoders/--trained-encoders", help=(
+            "Keep pretrained encoders frozen: their image tokens are computed once and shared by every job.")),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per training job."),
         k_snippets: Optional[int] = typer.Option(None, "--k-snippets", help="Component snippets the coder sees."),
         max_repairs: Optional[int] = typer.Option(None, "--max-repairs", help="Repair rounds per candidate."),
@@ -179,7 +181,7 @@ def register(app: typer.Typer) -> None:
                          executor=executor, ray_address=ray_address, time_budget=time_budget, epochs=epochs, train_time=train_time,
                          max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed,
                          image_size=image_size, max_len=max_len, max_params=max_params, max_latency_ms=max_latency_ms,
-                         threads=threads, k_snippets=k_snippets, max_repairs=max_repairs, llm_timeout_s=llm_timeout_s,
+                         frozen_encoders=frozen_encoders, threads=threads, k_snippets=k_snippets, max_repairs=max_repairs, llm_timeout_s=llm_timeout_s,
                          llm_max_retries=llm_max_retries, embedded_model=embedded_model)
         try:
             settings = RunSettings.load(config, overrides)
