@@ -100,6 +100,9 @@ def test_dashboard_shows_training_progress_then_the_score() -> None:
     assert event_line(done, view, verbose=False) == "  candidate r000: trained cider=0.432"
     step = {"event": "candidate", "candidate_id": "run1-r000", "status": "validating"}
     assert event_line(step, view, verbose=False) is None and "validating" in event_line(step, view, verbose=True)
+    stored = {"event": "features", "candidate_id": "run1-r000", "key": "efficientnet_lite0-abc", "seconds": 12.34}
+    assert event_line(stored, view, verbose=False) == \
+        "  frozen-encoder tokens efficientnet_lite0-abc stored for every later job (12.3 s)"
 
 
 # -- the whole session, against a stand-in run -----------------------------------------------------------------

@@ -125,6 +125,17 @@ def test_a_failed_extraction_names_its_exit_reason_and_stores_nothing(shapes, mo
     assert not (prepared.sandbox_dir / "features" / "efficientnet_lite0-broken").exists()
 
 
+
+def test_a_features_folder_missing_a_split_is_extracted_again(shapes, stored) -> None:
+    _, prepared = shapes
+    key, _, _ = stored
+    val = prepared_format.features_file(prepared.sandbox_dir, key, "val")
+    before = prepared_format.load_features(prepared.sandbox_dir, key, "val").clone()
+    val.unlink()
+    again, result = ensure_features(prepared, "efficientnet_lite0", threads=1)
+    assert again == key and result is not None and val.is_file()
+    assert torch.equal(prepared_format.load_features(prepared.sandbox_dir, key, "val"), before)
+
 @pytest.mark.slow
 def test_a_run_extracts_once_and_its_frozen_candidates_share_the_tokens(tmp_path: Path, cache_root: Path) -> None:
     """The real graph at concurrency 2 in `random` generation: seed 13 draws two frozen EfficientNet candidates

@@ -107,6 +107,7 @@ def _extract(prepared, encoder, key, device, threads, memory_mb, wall_s, scratch
             os.chmod(staging / f"{split}.features.pt", 0o644)  # jobs run as their own uid
         os.chmod(staging, 0o755)
         os.chmod(final.parent, 0o755)
+        shutil.rmtree(final, ignore_errors=True)  # what is left of a folder someone emptied by hand (we hold the lock)
         staging.rename(final)
         return {**result.result, "wall_s": round(time.monotonic() - started, 2), "key": key, "tier": result.tier,
                 "layers": result.layers, "cpu_s": result.cpu_s}
