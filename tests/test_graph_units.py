@@ -77,6 +77,15 @@ def test_every_run_setting_is_a_run_flag_and_reaches_the_task(tmp_path: Path) ->
     assert bad.exit_code == 2 and "concurrency" in bad.output
 
 
+def test_the_readme_configuration_table_lists_every_run_setting() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(RunSettings.model_fields), "README's configuration table is out of date"
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("max_candidates: zero\n", "max_candidates"),
     ("colour: blue\n", "colour"),
