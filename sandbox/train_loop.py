@@ -160,8 +160,9 @@ def model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 class Batches:
     """One epoch of shuffled mini-batches `(images float [B,3,H,W] in [0,1], captions int64 [B,Ncap,L])`
-    gathered from uint8 tensors: no decoding, a gather and a divide (or frozen-encoder tokens instead of images). It ends early (after at least one
-    batch) when the deadline passes or the parent asks to stop, and counts what it handed out."""
+    gathered from uint8 tensors: no decoding, a gather and a divide (or frozen-encoder tokens instead of
+    images). It ends early (after at least one batch) when the deadline passes or the parent asks to stop,
+    and counts what it handed out."""
 
     def __init__(self, images: torch.Tensor, captions: torch.Tensor, batch_size: int, device: torch.device,
                  generator: torch.Generator, emit: Emit, epoch: int, deadline: float, scratch: Path,

@@ -33,7 +33,7 @@ from capnas.sandbox.job import CANDIDATE_FILE
 from capnas.tools import archspec
 from capnas.tools.components import get_component
 from capnas.tools.components.options import EfficientNetLite0Options, GRUOptions
-from capnas.tools.prepare import PreparedDataset
+from capnas.tools.prepare import PreparedDataset, make_readable_by_all
 
 SPLITS = ("train", "val")  # what training reads; the test split always goes through the images
 FROZEN_ENCODERS = {"efficientnet_lite0": EfficientNetLite0Options(freeze=True)}
@@ -104,8 +104,7 @@ def _extract(prepared, encoder, key, device, threads, memory_mb, wall_s, scratch
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         for split in SPLITS:
             shutil.move(str(scratch / f"{split}.features.pt"), staging / f"{split}.features.pt")
-            os.chmod(staging / f"{split}.features.pt", 0o644)  # jobs run as their own uid
-        os.chmod(staging, 0o755)
+        make_readable_by_all(staging)  # jobs run as their own uid
         os.chmod(final.parent, 0o755)
         shutil.rmtree(final, ignore_errors=True)  # what is left of a folder someone emptied by hand (we hold the lock)
         staging.rename(final)

@@ -139,11 +139,11 @@ def _build(dataset: CaptionDataset, out: Path, size: int, max_len: int, min_coun
     }
     (out / prepared.META_FILE).write_text(json.dumps(meta, indent=1))
     _link_sandbox_view(out)
-    _make_readable_by_all(out)
+    make_readable_by_all(out)
     return decoded
 
 
-def _make_readable_by_all(out: Path) -> None:
+def make_readable_by_all(out: Path) -> None:
     # The sandbox runs jobs as their own uid, and mkdtemp makes 0700 directories.
     for directory, _, files in os.walk(out):
         os.chmod(directory, 0o755)
