@@ -17,8 +17,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from capnas.agents.llm import ask_structured, ask_text
 from capnas.contracts.contract import Contract
-from capnas.tools.archspec import ArchSpec, frozen, render, spec_model
-from capnas.tools.components import get_component
+from capnas.tools.design.archspec import ArchSpec, frozen, render, spec_model
+from capnas.tools.design.components import get_component
 
 CODER_SYSTEM = {
     "code": (

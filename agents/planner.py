@@ -10,7 +10,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
 from capnas.agents.llm import ask_structured
-from capnas.tools.components import decoders, encoders
+from capnas.tools.design.components import decoders, encoders
 from capnas.tools.task import Budgets, Task
 
 ENCODERS = tuple(c.name for c in encoders())

@@ -118,9 +118,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the workspaces here (default: a temp dir)")
     args = parser.parse_args()
 
-    from capnas.tools.datasets import load_dataset
-    from capnas.tools.prepare import prepare_dataset
-    from capnas.tools.slots import cpu_count
+    from capnas.tools.data.datasets import load_dataset
+    from capnas.tools.data.prepare import prepare_dataset
+    from capnas.tools.jobs.slots import cpu_count
 
     # The shared prepared data is built once, before any row is timed (each run then only reads the cache), and so
     # are frozen-encoder tokens for --frozen-encoders: a row that extracted them would pay for the rows after it.
@@ -128,7 +128,7 @@ def main() -> None:
                                max_len=args.max_len)
     extract_s = None
     if args.frozen_encoders:
-        from capnas.tools.features import FROZEN_ENCODERS, ensure_features
+        from capnas.tools.data.features import FROZEN_ENCODERS, ensure_features
 
         t0 = time.monotonic()
         for encoder in FROZEN_ENCODERS:

@@ -72,7 +72,7 @@ def main() -> None:
                                                 f"latency={result['latency_ms']:.1f} ms/image"))
 
     if args.sandbox:
-        from capnas.tools.validation import validate_file
+        from capnas.tools.jobs.validation import validate_file
 
         for path in valid[:2]:
             runs = timed(lambda p=path: validate_file(p, contract), max(1, args.repeat // 2))

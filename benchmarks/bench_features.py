@@ -5,7 +5,7 @@ side in one run, on the same prepared data, device, threads, seed and epochs.
     .venv/bin/python benchmarks/bench_features.py --device cuda --dataset flickr8k --image-size 224 --epochs 10
 
 "images" is how every job trained before the cache: the frozen backbone runs on every batch of every epoch.
-"tokens" is `capnas.tools.features`: the backbone runs once over train and val (the "extract" row, paid once per
+"tokens" is `capnas.tools.data.features`: the backbone runs once over train and val (the "extract" row, paid once per
 prepared dataset and shared by every later job of every run), then each job trains the decoder on the stored
 tokens. Both rows are `train_candidate` as the trainer node calls it: sandboxed, scored outside, all metrics.
 "job wall s" is the whole training call (start-up, every epoch, val generation, scoring); images/s is learn
@@ -40,13 +40,13 @@ def main() -> None:
 
     from bench_concurrency import dataset_spec
 
-    from capnas.tools import archspec
-    from capnas.tools.components import get_component
-    from capnas.tools.components.options import EfficientNetLite0Options
-    from capnas.tools.datasets import load_dataset, prepare_dataset
-    from capnas.tools.features import ensure_features
-    from capnas.tools.metrics import CaptionEvaluator
-    from capnas.tools.training import train_candidate
+    from capnas.tools.design import archspec
+    from capnas.tools.design.components import get_component
+    from capnas.tools.design.components.options import EfficientNetLite0Options
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
+    from capnas.tools.data.features import ensure_features
+    from capnas.tools.scoring.metrics import CaptionEvaluator
+    from capnas.tools.jobs.training import train_candidate
 
     # A private prepared-data cache, so the extraction below is a fresh one (untimed: decoding the images).
     root = Path(tempfile.mkdtemp(prefix="capnas-bench-features-"))

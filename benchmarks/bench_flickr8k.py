@@ -55,7 +55,7 @@ def limited(dataset, limit: int | None):
 
 
 def main() -> None:
-    from capnas.tools.reference_models import REFERENCE_SPECS
+    from capnas.tools.design.reference_models import REFERENCE_SPECS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(REFERENCE_SPECS), choices=list(REFERENCE_SPECS))
@@ -74,10 +74,10 @@ def main() -> None:
 
     import torch
 
-    from capnas.tools.datasets import load_dataset, prepare_dataset
-    from capnas.tools.metrics import CaptionEvaluator
-    from capnas.tools.reference_models import reference_source
-    from capnas.tools.training import score_test, train_candidate
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
+    from capnas.tools.scoring.metrics import CaptionEvaluator
+    from capnas.tools.design.reference_models import reference_source
+    from capnas.tools.jobs.training import score_test, train_candidate
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device here (use --device cpu for a quick check)")

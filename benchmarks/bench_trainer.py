@@ -70,7 +70,7 @@ def plain_loop(code_path: Path, prepared, args) -> list[dict]:
 
 
 def harness_run(code: str, prepared, args, work: Path) -> tuple[list[dict], float]:
-    """The in-sandbox training entry, as `capnas.tools.training.train_candidate` starts it."""
+    """The in-sandbox training entry, as `capnas.tools.jobs.training.train_candidate` starts it."""
     from capnas.sandbox import Job, Limits, run_sandboxed
     from capnas.sandbox.job import CANDIDATE_FILE
 
@@ -104,8 +104,8 @@ def main() -> None:
 
     import torch
 
-    from capnas.tools.datasets import load_dataset, prepare_dataset
-    from capnas.tools.reference_models import reference_path
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
+    from capnas.tools.design.reference_models import reference_path
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ from capnas.graph.context import Context
 from capnas.graph.journal import Journal
 from capnas.graph.services import checkpoints_path, journal_path
 from capnas.sandbox.job import CANDIDATE_FILE
-from capnas.tools.training import JOB_DIR
+from capnas.tools.jobs.training import JOB_DIR
 
 log = logging.getLogger(__name__)
 

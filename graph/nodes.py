@@ -22,8 +22,8 @@ from capnas.graph.journal import normalized_code_hash
 from capnas.graph.routing import after_validation
 from capnas.graph.services import RunServices, services_for
 from capnas.graph.state import CandidateState, RunState
-from capnas.tools import archspec
-from capnas.tools.slots import estimate_gpu_mb
+from capnas.tools.design import archspec
+from capnas.tools.jobs.slots import estimate_gpu_mb
 from capnas.tools.task import Task
 
 
@@ -300,7 +300,7 @@ def validator_node(state: CandidateState, runtime: Runtime[Context]) -> Command:
 
 
 def _probe(svc: RunServices, code: str, threads: int | None, exclusive: bool = False):
-    from capnas.tools.validation import validate_code
+    from capnas.tools.jobs.validation import validate_code
 
     cores = svc.slots.cpus_total if exclusive else (threads or 1)
     with svc.slots.job(svc.ctx.device, threads=cores) as device:
@@ -312,7 +312,7 @@ def _probe(svc: RunServices, code: str, threads: int | None, exclusive: bool = F
 def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Train a valid candidate in the sandbox; its val metrics come from the evaluator inside `train_candidate`.
     After a crash the same run dir resumes from the last committed epoch, a finished job is not redone."""
-    from capnas.tools.training import train_candidate
+    from capnas.tools.jobs.training import train_candidate
 
     svc = _svc(state, runtime)
     cid = state["candidate_id"]
@@ -359,7 +359,7 @@ def _stored_features(svc: RunServices, runtime: Runtime[Context], spec: archspec
                      cid: str) -> str | None:
     """The key of stored frozen-encoder tokens this candidate trains on (extracted by the first job that needs
     them, on the device it holds), or None: images. A failed extraction costs the speed-up, not the candidate."""
-    from capnas.tools.features import FeaturesError, cached_encoder, ensure_features
+    from capnas.tools.data.features import FeaturesError, cached_encoder, ensure_features
 
     encoder = cached_encoder(spec)
     if encoder is None:
@@ -449,7 +449,7 @@ def _budget_changes(svc: RunServices) -> dict[str, Any]:
 
 # -- reporter -----------------------------------------------------------------------------------------
 def reporter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
-    from capnas.tools.report import write_run_summary
+    from capnas.tools.report.summary import write_run_summary
 
     svc = _svc(state, runtime)
     reason = state.get("stop_reason") or "finished"

@@ -17,11 +17,11 @@ from capnas.contracts.caption_net_v1 import caption_net_v1
 from capnas.contracts.contract import Contract
 from capnas.graph.context import Context
 from capnas.graph.journal import Journal
-from capnas.tools.caption_dataset import CaptionDataset
-from capnas.tools.datasets import load_dataset
-from capnas.tools.executors import JobRunner, runner_for
-from capnas.tools.prepare import PreparedDataset, prepare_dataset
-from capnas.tools.slots import Slots, job_threads
+from capnas.tools.data.caption_dataset import CaptionDataset
+from capnas.tools.data.datasets import load_dataset
+from capnas.tools.jobs.executors import JobRunner, runner_for
+from capnas.tools.data.prepare import PreparedDataset, prepare_dataset
+from capnas.tools.jobs.slots import Slots, job_threads
 from capnas.tools.task import Task
 
 
@@ -72,7 +72,7 @@ class RunServices:
 
     @cached_property
     def evaluator(self):
-        from capnas.tools.metrics import CaptionEvaluator  # starts Java lazily, only when scoring is needed
+        from capnas.tools.scoring.metrics import CaptionEvaluator  # starts Java lazily, only when scoring is needed
 
         return CaptionEvaluator(spice=False)
 

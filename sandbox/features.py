@@ -1,6 +1,6 @@
 """The `features` entry, INSIDE the sandbox: run a frozen encoder once over a split's images and save its tokens.
 
-The parent (`capnas.tools.features`) writes into `candidate.py` a rendered module whose `build_encoder()` is the
+The parent (`capnas.tools.data.features`) writes into `candidate.py` a rendered module whose `build_encoder()` is the
 frozen extractor, the very code every candidate with that encoder runs; this entry calls it in eval mode over
 the prepared images and writes `<split>.features.pt` (float16 `[N, T, D]`, prepared order) into the scratch
 dir. The parent then moves the files beside the prepared data, where training jobs read them instead of images.

@@ -6,11 +6,11 @@ Per split, two files, so that a directory can hold a split's images without its 
     <split>.captions.pt   {"captions": int64 [N, Ncap, L], "image_ids": [N ints]}   rows `BOS w.. EOS PAD..`
 
 plus `meta.json` (sizes, lengths, split sizes) and `vocab.json`. Optionally, frozen-encoder features of the
-images, one folder per extractor (written by `capnas.tools.features`, read by the training loop instead of images):
+images, one folder per extractor (written by `capnas.tools.data.features`, read by the training loop instead of images):
 
     features/<key>/<split>.features.pt   {"features": float16 [N, T, D], "image_ids": [N ints]}
 
-`capnas.tools.prepare` writes the rest; the
+`capnas.tools.data.prepare` writes the rest; the
 sandboxed harness reads it, memory-mapped, so concurrent jobs share one copy in the page cache.
 This module imports only torch and the standard library, so it is safe inside the sandbox.
 """

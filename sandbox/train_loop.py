@@ -238,7 +238,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     set_threads(args.get("threads"))
 
     # With `features`, the model sees the frozen encoder's tokens computed once per dataset instead of images:
-    # the same numbers its frozen encoder would compute every epoch (see capnas.tools.features).
+    # the same numbers its frozen encoder would compute every epoch (see capnas.tools.data.features).
     features = args.get("features")
     train_split = prepared.load_split(data_dir, "train")
     inputs = prepared.load_features(data_dir, features, "train") if features else train_split.images

@@ -90,13 +90,13 @@ def report_once(built: BuiltRun) -> dict:
 def _build(root: Path) -> BuiltRun:
     from capnas.contracts.caption_net_v1 import caption_net_v1
     from capnas.graph.journal import Journal
-    from capnas.tools.archspec import ArchSpec, render
-    from capnas.tools.components.options import GRUOptions, SmallCNNOptions
-    from capnas.tools.datasets import load_dataset, prepare_dataset
-    from capnas.tools.metrics import CaptionEvaluator
+    from capnas.tools.design.archspec import ArchSpec, render
+    from capnas.tools.design.components.options import GRUOptions, SmallCNNOptions
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
+    from capnas.tools.scoring.metrics import CaptionEvaluator
     from capnas.tools.task import Budgets, Task
-    from capnas.tools.training import train_candidate
-    from capnas.tools.validation import validate_code
+    from capnas.tools.jobs.training import train_candidate
+    from capnas.tools.jobs.validation import validate_code
 
     cache = root / "cache"
     os.environ["CAPNAS_CACHE"] = str(cache)

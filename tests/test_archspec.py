@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from capnas.contracts import check_source, get_contract
 from capnas.contracts.probe import run_probe
-from capnas.tools.archspec import HYPERPARAMETERS, ArchSpec, render, sample
-from capnas.tools.components import decoders, encoders
-from capnas.tools.components.options import (
+from capnas.tools.design.archspec import HYPERPARAMETERS, ArchSpec, render, sample
+from capnas.tools.design.components import decoders, encoders
+from capnas.tools.design.components.options import (
     EfficientNetLite0Options,
     GRUOptions,
     LSTMOptions,
@@ -29,7 +29,7 @@ from capnas.tools.components.options import (
     TransformerOptions,
     ViTOptions,
 )
-from capnas.tools.reference_models import REFERENCE_SPECS, reference_path, write_reference_models
+from capnas.tools.design.reference_models import REFERENCE_SPECS, reference_path, write_reference_models
 
 PAD, BOS, EOS = 0, 1, 2
 VOCAB, MAX_LEN, SIZE = 20, 8, 32
@@ -314,7 +314,7 @@ def test_sampled_specs_build_and_generate(seed: int, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", list(REFERENCE_SPECS))
 def test_committed_reference_model_equals_a_fresh_render(name: str, tmp_path: Path) -> None:
     assert reference_path(name).read_text() == render(REFERENCE_SPECS[name]), (
-        f"{reference_path(name)} is stale: run `.venv/bin/python -m capnas.tools.reference_models`")
+        f"{reference_path(name)} is stale: run `.venv/bin/python -m capnas.tools.design.reference_models`")
     (written,) = [p for p in write_reference_models(tmp_path) if p.stem == name]
     assert written.read_text() == reference_path(name).read_text()
 

@@ -31,7 +31,7 @@ def _capnas(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_caption_reproduces_the_validation_captions_in_the_sandbox(built: BuiltRun, tmp_path: Path) -> None:
     from capnas.sandbox import prepared as prepared_format
-    from capnas.tools.datasets import load_dataset, prepare_dataset
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
 
     model_dir = Path(report_once(built)["model_dir"])
     prepared = prepare_dataset(load_dataset("shapes:100"), image_size=32, max_len=12, min_count=1)

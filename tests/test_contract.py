@@ -108,7 +108,7 @@ def test_get_contract_by_name() -> None:
 
 def test_contract_and_validator_import_without_torch() -> None:
     # The validator runs in the agent's process; torch belongs only inside the sandboxed probe.
-    code = ("import sys, capnas.contracts, capnas.tools.validation, capnas.commands.validate_cmd; "
+    code = ("import sys, capnas.contracts, capnas.tools.jobs.validation, capnas.commands.validate_cmd; "
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

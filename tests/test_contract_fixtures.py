@@ -80,7 +80,7 @@ def test_broken_fixture_fails_with_its_code(path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in BROKEN if expectation(p)[1]], ids=lambda p: p.stem)
 def test_broken_fixture_fails_in_the_sandbox(path: Path, sandbox_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from capnas.tools.validation import validate_file
+    from capnas.tools.jobs.validation import validate_file
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     code, _ = expectation(path)

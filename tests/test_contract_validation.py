@@ -10,8 +10,8 @@ import pytest
 
 from capnas.contracts import caption_net_v1
 from capnas.sandbox import SandboxResult
-from capnas.tools import validation
-from capnas.tools.validation import ValidationReport, validate_file, violations_from_sandbox
+from capnas.tools.jobs import validation
+from capnas.tools.jobs.validation import ValidationReport, validate_file, violations_from_sandbox
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 CONTRACT = caption_net_v1(vocab_size=40, image_size=32, max_len=12, max_params=500_000, max_latency_ms=150.0,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capnas.tools.datasets import DatasetError, coco_split, load_dataset
+from capnas.tools.data.datasets import DatasetError, coco_split, load_dataset
 
 
 def _edit(path: Path, change) -> Path:

@@ -425,7 +425,7 @@ def test_a_forced_tool_call_becomes_a_grammar_and_comes_back_as_a_tool_call(fron
 
 
 def test_nested_definitions_move_to_the_envelope_root() -> None:
-    from capnas.tools.archspec import ArchSpec
+    from capnas.tools.design.archspec import ArchSpec
 
     tool = {"type": "function", "function": {"name": "ArchSpec", "parameters": ArchSpec.model_json_schema()}}
     schema = emb._envelope_schema(tool)
@@ -520,7 +520,7 @@ def test_real_model_fills_the_coders_arch_spec(real_server: EmbeddedLLM) -> None
     """What `capnas run --generation spec` asks: the coder's real prompt and tool, `ArchSpec` back."""
     from capnas.agents import coder
     from capnas.contracts import get_contract
-    from capnas.tools.archspec import ArchSpec
+    from capnas.tools.design.archspec import ArchSpec
 
     contract = get_contract("caption-net-v1", vocab_size=300, image_size=64)
     messages = coder.coder_messages("spec", contract, coder.choose_snippets(["small_cnn"], ["lstm"], 2), "", "",

@@ -11,8 +11,8 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from typer.testing import CliRunner
 
 from capnas.cli import app
-from capnas.tools.datasets import load_dataset
-from capnas.tools.metrics import METRIC_KEYS
+from capnas.tools.data.datasets import load_dataset
+from capnas.tools.scoring.metrics import METRIC_KEYS
 
 runner = CliRunner()
 

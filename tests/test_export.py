@@ -31,8 +31,8 @@ def _capnas(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_report_exports_the_best_model(built: BuiltRun) -> None:
-    from capnas.tools.datasets import load_dataset, prepare_dataset
-    from capnas.tools.export import FILES, check_folder
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
+    from capnas.tools.report.export import FILES, check_folder
 
     model_dir = Path(report_once(built)["model_dir"])
     check_folder(model_dir)

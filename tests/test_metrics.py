@@ -18,8 +18,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from capnas.tools import metrics
-from capnas.tools.metrics import (
+from capnas.tools.scoring import metrics
+from capnas.tools.scoring.metrics import (
     METRIC_KEYS,
     CaptionEvaluator,
     CaptionInputError,

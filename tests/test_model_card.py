@@ -38,7 +38,7 @@ def _row(text: str, first_cell: str) -> list[str]:
 
 
 def test_card_has_every_section_in_order(built: BuiltRun) -> None:
-    from capnas.tools.model_card import SECTIONS
+    from capnas.tools.report.model_card import SECTIONS
 
     card = _card(built)
     best = Journal(built.workspace / "journal.sqlite").leaderboard(RUN_ID)[0]
@@ -48,7 +48,7 @@ def test_card_has_every_section_in_order(built: BuiltRun) -> None:
 
 
 def test_card_overview_and_metrics_come_from_the_journal(built: BuiltRun) -> None:
-    from capnas.tools.model_card import METRIC_NAMES, fmt_metric
+    from capnas.tools.report.model_card import METRIC_NAMES, fmt_metric
 
     journal = Journal(built.workspace / "journal.sqlite")
     best = journal.leaderboard(RUN_ID)[0]
@@ -140,8 +140,8 @@ def test_card_validation_section_is_the_contract_report(built: BuiltRun) -> None
 
 def test_card_of_a_root_candidate_built_without_the_layer_probe(built: BuiltRun) -> None:
     from capnas.commands.report_cmd import read_run
-    from capnas.tools.model_card import build_model_card
-    from capnas.tools.report import RunData
+    from capnas.tools.report.model_card import build_model_card
+    from capnas.tools.report.run_data import RunData
 
     data = RunData(read_run(built.workspace, RUN_ID), built.workspace)
     root = data.candidate(built.trained[0])

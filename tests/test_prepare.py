@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from capnas.sandbox import prepared
-from capnas.tools.caption_dataset import CaptionDataset
-from capnas.tools.datasets import (
+from capnas.tools.data.caption_dataset import CaptionDataset
+from capnas.tools.data.datasets import (
     BOS, EOS, PAD, DatasetError, Vocabulary, cache_root_default, load_dataset, prepare_dataset, tokenize,
 )  # fmt: skip
 

@@ -56,7 +56,7 @@ def test_report_tools_never_import_the_graph() -> None:
 
 
 def test_svg_chart_plots_the_given_values() -> None:
-    from capnas.tools.svg_chart import Series, chart, nice_ticks
+    from capnas.tools.report.svg_chart import Series, chart, nice_ticks
 
     axis = nice_ticks(0.013, 0.61)
     assert axis.lo <= 0.013 and axis.hi >= 0.61 and 4 <= len(axis.ticks) <= 8
@@ -71,7 +71,7 @@ def test_svg_chart_plots_the_given_values() -> None:
 
 
 def test_card_document_renders_markdown_and_html_from_the_same_blocks() -> None:
-    from capnas.tools.card_doc import Bullets, Code, Document, Quote, Section, Table, Text
+    from capnas.tools.report.card_doc import Bullets, Code, Document, Quote, Section, Table, Text
 
     doc = Document("Card", [Section("One", [Text("uses `prm` and **bold**"), Table(["a", "b|c"], [["1", "x|y"]]),
                                             Bullets(["first"]), Quote("said <so>", "the critic"),
@@ -89,7 +89,7 @@ def test_card_document_renders_markdown_and_html_from_the_same_blocks() -> None:
 
 
 def test_caption_stats_counts_lengths_coverage_and_examples() -> None:
-    from capnas.tools.caption_stats import caption_stats, word_f1
+    from capnas.tools.report.caption_stats import caption_stats, word_f1
 
     assert word_f1(["a", "red", "circle"], ["a", "red", "square"]) == pytest.approx(2 / 3)
     generated = {1: "a red circle", 2: "a red circle", 3: ""}
@@ -140,7 +140,7 @@ def test_report_page_is_self_contained(built: BuiltRun) -> None:
 
 @pytest.mark.slow
 def test_report_leaderboard_and_tree_match_the_journal(built: BuiltRun) -> None:
-    from capnas.tools.model_card import fmt_metric
+    from capnas.tools.report.model_card import fmt_metric
 
     journal = Journal(built.workspace / "journal.sqlite")
     board = journal.leaderboard(RUN_ID, "cider")
@@ -185,8 +185,8 @@ def test_report_curves_plot_the_journal_curves(built: BuiltRun) -> None:
 def test_report_image_grid_shows_generated_and_reference_captions(built: BuiltRun) -> None:
     import html
 
-    from capnas.tools.datasets import load_dataset
-    from capnas.tools.html_report import GRID_IMAGES
+    from capnas.tools.data.datasets import load_dataset
+    from capnas.tools.report.html_report import GRID_IMAGES
 
     page = _page(built)
     dataset = load_dataset("shapes:100")
@@ -228,9 +228,9 @@ def test_report_of_a_run_without_a_trained_candidate(tmp_path: Path, cache_root:
     from report_run import INVALID_CODE
 
     from capnas.contracts.caption_net_v1 import caption_net_v1
-    from capnas.tools.datasets import load_dataset, prepare_dataset
+    from capnas.tools.data.datasets import load_dataset, prepare_dataset
     from capnas.tools.task import Task
-    from capnas.tools.validation import validate_code
+    from capnas.tools.jobs.validation import validate_code
 
     task = Task(dataset="shapes:20", image_size=16, max_len=8)
     prepared = prepare_dataset(load_dataset(task.dataset), image_size=16, max_len=8, min_count=task.min_count)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from report_run import RUN_ID, BuiltRun, build_run, report_once
 
-from capnas.tools.html_report import GRID_IMAGES
+from capnas.tools.report.html_report import GRID_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "report.png"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from capnas.tools import shapes
-from capnas.tools.datasets import DatasetError, load_dataset, shapes_dataset
-from capnas.tools.vocab import tokenize
+from capnas.tools.data import shapes
+from capnas.tools.data.datasets import DatasetError, load_dataset, shapes_dataset
+from capnas.tools.data.vocab import tokenize
 
 POSITION_WORDS = {"left": {"left"}, "right": {"right"}, "top": {"top"}, "bottom": {"bottom"}, "center": {"center", "middle"}}
 SIZE_WORDS = {"small": {"small", "little"}, "large": {"large", "big"}}

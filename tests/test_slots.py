@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from capnas.tools.slots import Slots, estimate_gpu_mb, job_threads
+from capnas.tools.jobs.slots import Slots, estimate_gpu_mb, job_threads
 
 
 def _hold(slots: Slots, device: str, log: list, name: str, seconds: float, **kw) -> threading.Thread:
@@ -68,7 +68,7 @@ def test_a_job_larger_than_the_machine_runs_alone_instead_of_waiting_forever() -
     (3, 4, 8, 3),  # asked for explicitly
 ])
 def test_threads_per_job_share_the_cores(monkeypatch, threads, concurrency, cores, expected) -> None:
-    monkeypatch.setattr("capnas.tools.slots.cpu_count", lambda: cores)
+    monkeypatch.setattr("capnas.tools.jobs.slots.cpu_count", lambda: cores)
     assert job_threads(threads, concurrency) == expected
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capnas.cli import app
-from capnas.tools.metrics import METRIC_KEYS
+from capnas.tools.scoring.metrics import METRIC_KEYS
 
 MODEL = Path(__file__).parent / "fixtures" / "models" / "valid" / "cnn_gru.py"
 SMALL = ["--dataset", "shapes:60", "--epochs", "2", "--image-size", "32", "--max-len", "12", "--threads", "1"]

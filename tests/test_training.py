@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from capnas.sandbox import proctree
-from capnas.tools.datasets import load_dataset, prepare_dataset
-from capnas.tools.evaluation import read_results, split_references
-from capnas.tools.metrics import METRIC_KEYS, CaptionEvaluator
-from capnas.tools.reference_models import reference_source
-from capnas.tools.training import (RESULT_FILE, SCORES_FILE, TrainResult, score_test, train_candidate)
+from capnas.tools.data.datasets import load_dataset, prepare_dataset
+from capnas.tools.scoring.evaluation import read_results, split_references
+from capnas.tools.scoring.metrics import METRIC_KEYS, CaptionEvaluator
+from capnas.tools.design.reference_models import reference_source
+from capnas.tools.jobs.training import (RESULT_FILE, SCORES_FILE, TrainResult, score_test, train_candidate)
 
 # A complete caption-net-v1 model, as small as one can be and still learn something: a strided conv, the mean
 # feature as the GRU's first state, greedy decoding. No BatchNorm and no dropout, so that with lr=0 every epoch

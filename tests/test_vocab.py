@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from capnas.tools.vocab import BOS, EOS, PAD, UNK, Vocabulary, VocabularyError, tokenize
+from capnas.tools.data.vocab import BOS, EOS, PAD, UNK, Vocabulary, VocabularyError, tokenize
 
 
 def test_tokenize_lowercases_and_drops_punctuation() -> None:

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
         Exit status: 0 ok, 2 bad model folder or image (the message names it) or no sandbox, 1 the model failed."""
         from capnas.sandbox import SandboxError, SandboxUnavailable
-        from capnas.tools.export import ExportError, ImageInputError, caption_folder_sandboxed, check_folder
+        from capnas.tools.report.export import ExportError, ImageInputError, caption_folder_sandboxed, check_folder
 
         def fail(message: str, code: int) -> NoReturn:
             typer.echo(f"capnas caption: {message}", err=True)

@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
         """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycocoevalcap; needs Java).
 
         Every image of the split needs exactly one caption. Exit status: 0 ok, 2 bad input, 1 metrics failed."""
-        from capnas.tools.datasets import DatasetError, load_dataset
-        from capnas.tools.metrics import (
+        from capnas.tools.data.datasets import DatasetError, load_dataset
+        from capnas.tools.scoring.metrics import (
             CaptionEvaluator, CaptionInputError, MetricsError, pair_with_split, read_results)
 
         try:

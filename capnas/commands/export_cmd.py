@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
             None, "--out", metavar="DIR", help="The folder to write (default: DIR/runs/RUN_ID/model-CANDIDATE)."),
     ) -> None:
         """Export a trained candidate; prints the folder. Exit status: 0 ok, 2 no such run, 1 cannot export."""
-        from capnas.tools.export import export_model
-        from capnas.tools.report import ReportError, RunData, UnknownRunError
+        from capnas.tools.report.export import export_model
+        from capnas.tools.report.run_data import ReportError, RunData, UnknownRunError
 
         def fail(message: str, code: int) -> NoReturn:
             typer.echo(f"capnas export: {message}", err=True)

@@ -1,7 +1,7 @@
 """`capnas report RUN_ID`: the run's self-contained HTML report, the best model's card and its export.
 
 This is where the journal is read for the reports: `read_run` turns the run's rows into a plain `RunRecord`,
-and everything below it (`capnas.tools.report`, `html_report`, `model_card`, `export`) works from that record
+and everything below it (`capnas.tools.report.run_data`, `html_report`, `model_card`, `export`) works from that record
 and the files the training jobs wrote, never from the journal itself (tools do not import graph).
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from capnas.tools.report import RunRecord
+    from capnas.tools.report.run_data import RunRecord
 
 DEFAULT_WORKSPACE = ".capnas"
 # The name `capnas.graph.services.journal_path` gives it (that module imports LangChain: seconds to load).
@@ -26,7 +26,7 @@ def read_run(workspace: str | Path, run_id: str) -> RunRecord:
     LLM usage, and the parsed planner/critic answers the model card quotes. Raises UnknownRunError (naming the
     journal and the recent runs) when there is no such run."""
     from capnas.graph.journal import Journal
-    from capnas.tools.report import RunRecord, UnknownRunError
+    from capnas.tools.report.run_data import RunRecord, UnknownRunError
 
     path = Path(workspace) / JOURNAL_FILE
     if not path.is_file():
@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
         The page needs no network: leaderboard, curves, captioned validation images, search tree, contract reports.
 
         Exit status: 0 written, 2 no such run or workspace, 1 the report could not be made."""
-        from capnas.tools.report import ReportError, UnknownRunError, write_report_bundle
+        from capnas.tools.report.run_data import ReportError, UnknownRunError
+        from capnas.tools.report.bundle import write_report_bundle
 
         def fail(message: str, code: int) -> NoReturn:
             typer.echo(f"capnas report: {message}", err=True)

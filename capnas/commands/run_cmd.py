@@ -94,7 +94,7 @@ def _log_to_file(run_dir: str) -> None:
 def _write_report(summary: dict[str, Any], workspace: str) -> None:
     """The run's HTML report, model card and exported best model (a failure here never fails the run)."""
     from capnas.commands.report_cmd import read_run
-    from capnas.tools.report import write_report_bundle
+    from capnas.tools.report.bundle import write_report_bundle
 
     try:
         files = write_report_bundle(read_run(workspace, summary["run_id"]), workspace)
@@ -262,7 +262,7 @@ def register(app: typer.Typer) -> None:
         """Trained candidates of one or more runs, best first: how a guided search compares with `random`."""
         from capnas.graph.journal import Journal
         from capnas.graph.services import journal_path
-        from capnas.tools.metrics import METRIC_KEYS
+        from capnas.tools.scoring.metrics import METRIC_KEYS
 
         if not journal_path(run_dir).exists():
             typer.echo(f"capnas leaderboard: no journal in {run_dir} (start one with `capnas run`)", err=True)

@@ -93,9 +93,9 @@ def register(app: typer.Typer) -> None:
         from capnas.contracts import get_contract
         from capnas.contracts.static_checks import check_source, declared_hyperparameters, must_stop
         from capnas.sandbox import SandboxError, SandboxUnavailable
-        from capnas.tools.datasets import DatasetError, VocabularyError, load_dataset, prepare_dataset
-        from capnas.tools.metrics import MetricsError
-        from capnas.tools.training import RESULT_FILE, train_candidate
+        from capnas.tools.data.datasets import DatasetError, VocabularyError, load_dataset, prepare_dataset
+        from capnas.tools.scoring.metrics import MetricsError
+        from capnas.tools.jobs.training import RESULT_FILE, train_candidate
 
         def fail(message: str, status: int = 2) -> NoReturn:
             typer.echo(f"capnas train: {message}", err=True)

@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
         Exit status: 0 valid, 1 violations, 2 bad input (or no sandbox to run the probe in)."""
         from capnas.contracts import get_contract
         from capnas.sandbox import SandboxError, SandboxUnavailable
-        from capnas.tools.datasets import DatasetError, VocabularyError
-        from capnas.tools.validation import validate_code
+        from capnas.tools.data.datasets import DatasetError, VocabularyError
+        from capnas.tools.jobs.validation import validate_code
 
         def fail(message: str) -> NoReturn:
             typer.echo(f"capnas validate: {message}", err=True)
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
 
 def _vocabulary_size(spec: str, images: Path | None, min_count: int) -> int:
     """The vocabulary size training will see: built from the train captions, as `prepare_dataset` does."""
-    from capnas.tools.datasets import DatasetError, Vocabulary, load_dataset
+    from capnas.tools.data.datasets import DatasetError, Vocabulary, load_dataset
 
     data = load_dataset(spec, images)
     train = data.split("train")

@@ -29,7 +29,7 @@ from capnas.console.taskform import EditError, apply_edits, task_table
 from capnas.graph.journal import Journal
 from capnas.graph.services import journal_path
 from capnas.settings import RunSettings
-from capnas.tools.report import leaderboard_rows
+from capnas.tools.report.summary import leaderboard_rows
 
 YES, NO = ("y", "yes", "ok", "go", "start"), ("n", "no", "cancel")
 HINTS = {

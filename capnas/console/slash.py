@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from capnas.runner import summarize
-from capnas.tools.report import METRIC_KEYS, leaderboard_rows
+from capnas.tools.report.summary import METRIC_KEYS, leaderboard_rows
 
 if TYPE_CHECKING:
     from capnas.console.session import ChatSession
@@ -93,7 +93,7 @@ def report(s: ChatSession, args: list[str]) -> None:
     if (run_id := _run_id(s)) is None:
         return
     from capnas.commands.report_cmd import read_run
-    from capnas.tools.report import write_report_bundle
+    from capnas.tools.report.bundle import write_report_bundle
 
     def work() -> dict[str, Any]:
         files = write_report_bundle(read_run(s.workspace, run_id), s.workspace)

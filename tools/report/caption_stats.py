@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from capnas.tools.vocab import SPECIAL_TOKENS, tokenize
+from capnas.tools.data.vocab import SPECIAL_TOKENS, tokenize
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def validate_code(code: str, contract: Contract, device: str = "cpu", *, seed: i
                   runner: Callable[..., SandboxResult] | None = None,
                   threads: int | None = None) -> ValidationReport:
     """Validate candidate source code (what the coder agent hands over). `runner` runs the sandboxed probe
-    (default: a child process here; see `capnas.tools.executors`); `threads` sets torch's CPU threads in it."""
+    (default: a child process here; see `capnas.tools.jobs.executors`); `threads` sets torch's CPU threads in it."""
     static = check_source(code, contract)
     if must_stop(static):
         return ValidationReport(ok=False, violations=static, stage="static")

@@ -14,11 +14,11 @@ import hashlib
 import re
 from pathlib import Path
 
-from capnas.tools import shapes
-from capnas.tools.caption_dataset import SPLITS, CaptionDataset, CaptionItem, DatasetError, Split
-from capnas.tools.caption_files import coco_split, read_caption_json
-from capnas.tools.prepare import PreparedDataset, cache_root_default, prepare_dataset
-from capnas.tools.vocab import BOS, EOS, PAD, UNK, Vocabulary, VocabularyError, tokenize
+from capnas.tools.data import shapes
+from capnas.tools.data.caption_dataset import SPLITS, CaptionDataset, CaptionItem, DatasetError, Split
+from capnas.tools.data.caption_files import coco_split, read_caption_json
+from capnas.tools.data.prepare import PreparedDataset, cache_root_default, prepare_dataset
+from capnas.tools.data.vocab import BOS, EOS, PAD, UNK, Vocabulary, VocabularyError, tokenize
 
 __all__ = [
     "BOS", "EOS", "PAD", "SPLITS", "UNK",

@@ -13,10 +13,11 @@ import difflib
 import json
 from typing import Any
 
-from capnas.tools.caption_stats import caption_stats
-from capnas.tools.card_doc import Bullets, Code, Document, Quote, Section, Table, Text
-from capnas.tools.layers import LayerTable, layer_table, model_prm, shape_text
-from capnas.tools.report import RunData, curve_points
+from capnas.tools.design.archspec import ArchSpec
+from capnas.tools.report.caption_stats import caption_stats
+from capnas.tools.report.card_doc import Bullets, Code, Document, Quote, Section, Table, Text
+from capnas.tools.jobs.layers import LayerTable, layer_table, model_prm, shape_text
+from capnas.tools.report.run_data import RunData, curve_points
 
 SECTIONS = ("Overview", "Architecture", "Hyperparameters", "Data pipeline", "Metrics", "Error analysis",
             "Changes from parent", "Validation", "Usage")
@@ -152,8 +153,6 @@ def _architecture(data: RunData, cand: Any, layers: LayerTable | None) -> list:
 
 def _spec_descriptions(spec: dict[str, Any]) -> dict[str, str]:
     """Field descriptions of ArchSpec and of its encoder/decoder options, keyed like the flattened spec."""
-    from capnas.tools.archspec import ArchSpec
-
     out = {name: f.description or "" for name, f in ArchSpec.model_fields.items()}
     try:
         parsed = ArchSpec(**spec)
@@ -219,7 +218,7 @@ def _data_pipeline(data: RunData) -> list:
         ["Image size", f"{p.image_size} × {p.image_size}, RGB"],
         ["Preprocessing", "decoded once, resized to a square with bicubic filtering (aspect ratio not kept), "
                           "stored as uint8; the model receives float32 values in [0, 1], no normalization"],
-        ["Tokenization", "lower-case words, punctuation dropped, apostrophes joined (`capnas.tools.vocab`)"],
+        ["Tokenization", "lower-case words, punctuation dropped, apostrophes joined (`capnas.tools.data.vocab`)"],
         ["Vocabulary", f"{fmt_int(len(p.vocab))} tokens (4 special: <pad>, <bos>, <eos>, <unk>), "
                        f"train-caption words seen at least {p.min_count} time(s)"],
         ["max_len", f"{p.max_len} tokens, BOS and EOS included (longer captions are cut)"],

@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from capnas.tools.components import Component, decoders, encoders, get_component
-from capnas.tools.components.inline import check_no_clashes, import_block, resolve
-from capnas.tools.components.options import (
+from capnas.tools.design.components import Component, decoders, encoders, get_component
+from capnas.tools.design.components.inline import check_no_clashes, import_block, resolve
+from capnas.tools.design.components.options import (
     EfficientNetLite0Options,
     GRUOptions,
     LSTMOptions,

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from pycocoevalcap.cider.cider import Cider
 
-from capnas.tools.caption_dataset import CaptionDataset, DatasetError
-from capnas.tools.metrics import CaptionInputError, check_inputs, ptb_tokenize
-from capnas.tools.vocab import Vocabulary, VocabularyError
+from capnas.tools.data.caption_dataset import CaptionDataset, DatasetError
+from capnas.tools.scoring.metrics import CaptionInputError, check_inputs, ptb_tokenize
+from capnas.tools.data.vocab import Vocabulary, VocabularyError
 
 
 class IdsError(ValueError):

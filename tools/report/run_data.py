@@ -1,14 +1,7 @@
-"""Run reports built from journal rows only: every number here was measured by a tool, none by an LLM.
-
-Two layers:
-- the run summary the graph's reporter node writes at the end of every run (`write_run_summary`:
-  leaderboard.md and summary.json, cheap, no torch; it is handed the journal object and only calls it);
-- `RunData`, one read of a run for the people-facing reports: a `RunRecord` (the journal's rows as plain data:
-  tools never import the journal, `capnas.commands.report_cmd.read_run` reads it), the candidates' training
-  run dirs (best weights, generated validation captions) and the prepared dataset (images, references,
-  vocabulary). `write_report_bundle` turns it into the HTML report (`capnas.tools.html_report`), the model card
-  (`capnas.tools.model_card`) and the exported best model (`capnas.tools.export`).
-"""
+"""One read of a run for the people-facing reports: a `RunRecord` (the journal's rows as plain data: tools never
+import the journal, `capnas.commands.report_cmd.read_run` reads it), the candidates' training run dirs (best
+weights, generated validation captions) and the prepared dataset (images, references, vocabulary).
+Every number here was measured by a tool, none by an LLM; `capnas.tools.report.bundle` turns it into files."""
 
 from __future__ import annotations
 
@@ -16,54 +9,12 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-METRIC_KEYS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")
-
-
-class JournalLike(Protocol):
-    def candidates(self, run_id: str) -> list[Any]: ...
-    def leaderboard(self, run_id: str | None = None, metric: str = "cider") -> list[Any]: ...
-    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
-    def usage(self, run_id: str) -> dict[str, dict[str, float]]: ...
-
-
-def leaderboard_rows(journal: JournalLike, run_id: str | None, objective: str) -> list[dict[str, Any]]:
-    rows = []
-    for c in journal.leaderboard(run_id, objective):
-        metrics = c.metrics or {}
-        rows.append({"run_id": c.run_id, "candidate_id": c.candidate_id, "mode": c.mode, "plan": c.plan,
-                     "params": c.params, **{k: metrics.get(k) for k in METRIC_KEYS}})
-    return rows
-
-
-def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| rank | candidate | mode | model | params | " + " | ".join(METRIC_KEYS) + " |"
-    sep = "|" + "---|" * (5 + len(METRIC_KEYS))
-    body = [
-        f"| {i} | {r['candidate_id']} | {r['mode']} | {r['plan'] or ''} | {r['params'] or 0:,} | "
-        + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], (int, float)) else "n/a" for k in METRIC_KEYS) + " |"
-        for i, r in enumerate(rows, 1)
-    ]
-    return "\n".join([head, sep, *body])
-
-
-def write_run_summary(journal: JournalLike, run_id: str, objective: str, run_dir: Path) -> dict[str, Any]:
-    """leaderboard.md and summary.json in the run directory."""
-    cands = journal.candidates(run_id)
-    rows = leaderboard_rows(journal, run_id, objective)
-    counts: dict[str, int] = {}
-    for c in cands:
-        counts[c.status] = counts.get(c.status, 0) + 1
-    summary = {
-        "run_id": run_id, "objective": objective, "candidates": len(cands), "by_status": counts,
-        "best": rows[0] if rows else None, "usage": journal.usage(run_id),
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "leaderboard.md").write_text(f"# Leaderboard of run {run_id}\n\n" + leaderboard_markdown(rows) + "\n")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
+from capnas.sandbox import prepared as prepared_format
+from capnas.tools.data.datasets import DatasetError, load_dataset, prepare_dataset
+from capnas.tools.jobs.training import JOB_DIR, RESULT_FILE, VAL_CAPTIONS_FILE
+from capnas.tools.scoring.evaluation import split_references
 
 # -- one read of a run, for the reports ---------------------------------------------------------------------
 
@@ -108,7 +59,7 @@ class RunRecord:
 
 @dataclass
 class CandidateArtifacts:
-    """What a candidate's training job left in its run dir (`capnas.tools.training`)."""
+    """What a candidate's training job left in its run dir (`capnas.tools.jobs.training`)."""
 
     dir: Path | None
     weights: Path | None  # the best epoch's state_dict
@@ -209,8 +160,6 @@ class RunData:
     def _data(self) -> tuple[Any, Any, str | None]:
         """(CaptionDataset, PreparedDataset, None) or (None, None, why not). Preparing is a cache lookup when
         the run's cache still exists (else it is rebuilt from the dataset, as the run built it)."""
-        from capnas.tools.datasets import DatasetError, load_dataset, prepare_dataset
-
         task = self.task
         try:
             dataset = load_dataset(task.get("dataset", "shapes"), Path(task["images"]) if task.get("images") else None)
@@ -234,8 +183,6 @@ class RunData:
 
     @cached_property
     def val_image_ids(self) -> list[int]:
-        from capnas.sandbox import prepared as prepared_format
-
         return [int(i) for i in prepared_format.load_image_ids(self.prepared.dir, "val")] if self.prepared else []
 
     @cached_property
@@ -243,8 +190,6 @@ class RunData:
         """Raw reference captions of the validation split, in prepared order."""
         if self.dataset is None:
             return {}
-        from capnas.tools.evaluation import split_references
-
         return split_references(self.dataset, "val", self.val_image_ids)
 
     @cached_property
@@ -252,17 +197,13 @@ class RunData:
         """uint8 [N, 3, S, S] validation images in prepared order (memory-mapped)."""
         if self.prepared is None:
             return None
-        from capnas.sandbox import prepared as prepared_format
-
         return prepared_format.load_images(self.prepared.dir, "val")
 
 
 def find_artifacts(cand: Any, run_root: Path) -> CandidateArtifacts:
     """The candidate's training run dir (as the journal recorded it, else `<workspace>/runs/<run>/<id>` when the
     workspace moved), its best weights and its generated validation captions, from the files
-    `capnas.tools.training` writes there (train_result.json, job/weights_epoch{k}.pt, val_captions.json)."""
-    from capnas.tools.training import JOB_DIR, RESULT_FILE, VAL_CAPTIONS_FILE
-
+    `capnas.tools.jobs.training` writes there (train_result.json, job/weights_epoch{k}.pt, val_captions.json)."""
     folder = None
     for option in (Path(cand.artifacts) if cand.artifacts else None, run_root / cand.candidate_id):
         if option is not None and option.is_dir():
@@ -317,31 +258,3 @@ def curve_points(cand: Any) -> list[dict[str, Any]]:
                        "train_s": p.get("train_s"), "images_per_s": p.get("images_per_s"),
                        "partial": bool(p.get("partial"))})
     return points
-
-
-@dataclass
-class ReportFiles:
-    html: Path
-    model_card: Path | None  # MODEL_CARD.md of the best model
-    model_dir: Path | None  # the exported best model
-
-
-def write_report_bundle(record: RunRecord, workspace: str | Path, *, out: Path | None = None,
-                        export: bool = True, layer_probe: bool = True) -> ReportFiles:
-    """The HTML report at `out` (default `<workspace>/runs/<run>/report.html`), the best model's card beside it
-    (MODEL_CARD.md) and, with `export`, the best model exported to `<workspace>/runs/<run>/model/`."""
-    from capnas.tools.export import export_model
-    from capnas.tools.html_report import write_html_report
-    from capnas.tools.model_card import build_model_card
-
-    data = RunData(record, Path(workspace))
-    run_root = data.workspace / "runs" / data.run_id
-    card = build_model_card(data, data.best, layer_probe=layer_probe) if data.best is not None else None
-    html = write_html_report(data, out or run_root / "report.html", card=card)
-    card_path = model_dir = None
-    if card is not None:
-        card_path = html.parent / "MODEL_CARD.md"
-        card_path.write_text(card.to_markdown(), encoding="utf-8")
-        if export:
-            model_dir = export_model(data, run_root / "model", card=card)
-    return ReportFiles(html=html, model_card=card_path, model_dir=model_dir)

@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from capnas.sandbox import prepared
-from capnas.tools.caption_dataset import SPLITS, CaptionDataset, CaptionItem, DatasetError
-from capnas.tools.vocab import BOS, EOS, PAD, UNK, Vocabulary
+from capnas.tools.data.caption_dataset import SPLITS, CaptionDataset, CaptionItem, DatasetError
+from capnas.tools.data.vocab import BOS, EOS, PAD, UNK, Vocabulary
 
 CAPTIONS_PER_IMAGE = 5  # images with more keep their first 5; images with fewer repeat theirs cyclically
 PIPELINE_VERSION = 1  # bump when resizing or encoding changes what a cache holds

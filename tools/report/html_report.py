@@ -1,4 +1,4 @@
-"""The run report as one self-contained HTML page: plots as inline SVG (`capnas.tools.svg_chart`), images inline
+"""The run report as one self-contained HTML page: plots as inline SVG (`capnas.tools.report.svg_chart`), images inline
 as base64 PNG data URIs, styles inline, no scripts, no external assets (it opens from a file, a mail attachment
 or a CI artifact the same way, with no network).
 
@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capnas.tools.model_card import METRIC_NAMES, fmt_int, fmt_metric
-from capnas.tools.report import METRIC_KEYS, RunData, curve_points
-from capnas.tools.svg_chart import Series, chart
+from capnas.tools.report.model_card import METRIC_NAMES, fmt_int, fmt_metric
+from capnas.tools.report.run_data import RunData, curve_points
+from capnas.tools.report.summary import METRIC_KEYS
+from capnas.tools.report.svg_chart import Series, chart
 
 GRID_MODELS = 3  # best models shown with validation images
 GRID_IMAGES = 12  # validation images per model

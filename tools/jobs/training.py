@@ -45,11 +45,11 @@ from capnas.sandbox import Job, Limits, SandboxResult, prepared as prepared_form
 from capnas.sandbox.job import CANDIDATE_FILE
 from capnas.sandbox.train_loop import (CHECKPOINT_FILE, CONTROL_FILE, STOP_REASONS, split_ids_file, val_ids_file,
                                        weights_file)
-from capnas.tools.caption_dataset import CaptionDataset
-from capnas.tools.evaluation import (CiderScorer, IdsError, decode_ids, load_ids, read_results, split_references,
+from capnas.tools.data.caption_dataset import CaptionDataset
+from capnas.tools.scoring.evaluation import (CiderScorer, IdsError, decode_ids, load_ids, read_results, split_references,
                                      write_results)
-from capnas.tools.metrics import CaptionEvaluator, check_java
-from capnas.tools.prepare import PreparedDataset
+from capnas.tools.scoring.metrics import CaptionEvaluator, check_java
+from capnas.tools.data.prepare import PreparedDataset
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -142,8 +142,8 @@ def train_candidate(
     bound); `patience` epochs without a better val CIDEr stop it early (None: never); `eval_every` epochs between
     val generations (the last epoch always generates). `threads` sets torch's CPU threads in the job (None:
     torch's default). `evaluator` is reused for the final metrics when given (its METEOR process is slow to start).
-    `runner` runs the sandboxed job (default: a child process here; see `capnas.tools.executors` for Ray).
-    `features` is the key of stored frozen-encoder tokens (`capnas.tools.features.ensure_features`) to train on
+    `runner` runs the sandboxed job (default: a child process here; see `capnas.tools.jobs.executors` for Ray).
+    `features` is the key of stored frozen-encoder tokens (`capnas.tools.data.features.ensure_features`) to train on
     instead of images, for a candidate whose encoder is that frozen encoder.
     `on_event` receives the harness's events (start, step, epoch, stopping) and this side's (val, early_stop,
     evaluating), from a background thread.

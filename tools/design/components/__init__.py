@@ -2,7 +2,7 @@
 
 Encoders map images float[B, 3, H, W] in [0, 1] to image tokens [B, N, out_dim]. Decoders take those tokens
 and give teacher-forced logits (`forward(memory, inputs)`) and step-wise greedy generation
-(`start(memory)`, then `step(prev_ids, state)`). `capnas.tools.archspec.render` inlines the chosen pair into
+(`start(memory)`, then `step(prev_ids, state)`). `capnas.tools.design.archspec.render` inlines the chosen pair into
 one candidate module; the coder agent shows k of `Component.source()` to an LLM as examples.
 """
 
@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from capnas.tools.components.inline import SNIPPETS_DIR, read_snippet, standalone_source
-from capnas.tools.components.options import (
+from capnas.tools.design.components.inline import SNIPPETS_DIR, read_snippet, standalone_source
+from capnas.tools.design.components.options import (
     EfficientNetLite0Options,
     GRUOptions,
     LSTMOptions,

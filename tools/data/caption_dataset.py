@@ -1,7 +1,7 @@
 """One model for every image-caption dataset: items with raw captions, train/val/test splits, image loading.
 
-Readers (`capnas.tools.caption_files` for Karpathy and COCO json, `capnas.tools.datasets.shapes_dataset`)
-produce a `CaptionDataset`; `load_dataset` in `capnas.tools.datasets` picks the reader from a SPEC.
+Readers (`capnas.tools.data.caption_files` for Karpathy and COCO json, `capnas.tools.data.datasets.shapes_dataset`)
+produce a `CaptionDataset`; `load_dataset` in `capnas.tools.data.datasets` picks the reader from a SPEC.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from capnas.tools import shapes
+from capnas.tools.data import shapes
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")

@@ -30,10 +30,10 @@ from filelock import FileLock
 
 from capnas.sandbox import Job, Limits, SandboxResult, prepared as prepared_format, run_sandboxed
 from capnas.sandbox.job import CANDIDATE_FILE
-from capnas.tools import archspec
-from capnas.tools.components import get_component
-from capnas.tools.components.options import EfficientNetLite0Options, GRUOptions
-from capnas.tools.prepare import PreparedDataset, make_readable_by_all
+from capnas.tools.design import archspec
+from capnas.tools.design.components import get_component
+from capnas.tools.design.components.options import EfficientNetLite0Options, GRUOptions
+from capnas.tools.data.prepare import PreparedDataset, make_readable_by_all
 
 SPLITS = ("train", "val")  # what training reads; the test split always goes through the images
 FROZEN_ENCODERS = {"efficientnet_lite0": EfficientNetLite0Options(freeze=True)}

@@ -1,7 +1,7 @@
 """Reference caption-net-v1 models: rendered from fixed specs and committed beside this file, so that they can
 be read, diffed and trained as known-good baselines. After changing a snippet, the glue or a spec below:
 
-    .venv/bin/python -m capnas.tools.reference_models
+    .venv/bin/python -m capnas.tools.design.reference_models
 
 A test fails while a committed file differs from a fresh render.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capnas.tools.archspec import ArchSpec, render
-from capnas.tools.components.options import (
+from capnas.tools.design.archspec import ArchSpec, render
+from capnas.tools.design.components.options import (
     EfficientNetLite0Options,
     GRUOptions,
     LSTMOptions,

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from capnas.tools.caption_dataset import CaptionDataset, CaptionItem, DatasetError, Split
+from capnas.tools.data.caption_dataset import CaptionDataset, CaptionItem, DatasetError, Split
 
 # Bump when the reading rules (split mapping, hashing) change: it is part of every fingerprint.
 READER_VERSION = 1

@@ -1,6 +1,6 @@
 """The tunable options of each component, as pydantic models: field names are the snippet class's keyword
 arguments, defaults are its defaults, and the declared choices and ranges are the search space that
-`capnas.tools.archspec` validates, samples from and offers to the coder as a JSON schema."""
+`capnas.tools.design.archspec` validates, samples from and offers to the coder as a JSON schema."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
     config.json     image_size, max_len, hparams, vocab_size, provenance and validation metrics
     layers.json     the measured layer table (when the card measured one)
     MODEL_CARD.md   the model card
-    predict.py      `caption(images) -> list[str]` and a command line (`capnas.tools.exported_predict`)
+    predict.py      `caption(images) -> list[str]` and a command line (`capnas.tools.report.exported_predict`)
 
 `capnas caption` uses `caption_folder_sandboxed`: model.py is generated code, so capnas runs it only inside
 the sandbox, as it did for validation and training.
@@ -20,7 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from capnas.tools.report import ReportError, RunData
+from capnas.sandbox import Job, Limits, run_sandboxed
+from capnas.tools.report.model_card import build_model_card, candidate_prm
+from capnas.tools.report.run_data import ReportError, RunData
 
 EXPORT_FORMAT = "capnas-model-v1"
 FILES = ("model.py", "weights.pt", "vocab.json", "config.json", "MODEL_CARD.md", "predict.py")
@@ -57,7 +59,6 @@ def export_model(data: RunData, out_dir: Path, *, candidate_id: str | None = Non
     except Exception as e:  # noqa: BLE001 - anything but plain tensors is refused by weights_only
         raise ReportError(f"weights {arts.weights} cannot be loaded as a plain state_dict: {e}") from e
     if card is None or getattr(card, "candidate_id", None) != cand.candidate_id:
-        from capnas.tools.model_card import build_model_card
 
         card = build_model_card(data, cand)
 
@@ -88,8 +89,6 @@ def _mkparent(path: Path) -> Path:
 
 
 def _config(data: RunData, cand: Any) -> dict[str, Any]:
-    from capnas.tools.model_card import candidate_prm
-
     p = data.prepared
     prm, _ = candidate_prm(data, cand)
     prm.pop("max_len", None)
@@ -135,8 +134,6 @@ def caption_folder_sandboxed(model_dir: Path, images: list[Path], device: str = 
     """Captions of `images` by the exported model, computed inside the sandbox: the folder and the images are
     copied into a scratch directory and predict.py runs there as a `script` job; only the captions file it
     writes comes back. Raises ExportError naming the folder or the image at fault."""
-    from capnas.sandbox import Job, Limits, run_sandboxed
-
     check_folder(model_dir)
     images = [Path(p) for p in images]
     for image in images:

@@ -1,0 +1,1 @@
+"""Datasets, vocabularies, the prepared cache and stored frozen-encoder features."""

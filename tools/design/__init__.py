@@ -1,0 +1,1 @@
+"""The design space: the component library, typed architecture specs rendered into code, reference models."""

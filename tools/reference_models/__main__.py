@@ -1,6 +1,0 @@
-"""Regenerate the committed reference models: `python -m capnas.tools.reference_models`."""
-
-from capnas.tools.reference_models import write_reference_models
-
-for path in write_reference_models():
-    print(f"wrote {path}")
