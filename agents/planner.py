@@ -28,7 +28,7 @@ class TaskDraft(BaseModel):
                                 description=f"encoder/decoder families asked for, from {ENCODERS + DECODERS}")
     frozen_encoders: bool | None = Field(None, description="true when they want pretrained encoders kept frozen")
     max_candidates: int | None = Field(None, ge=1, le=1000, description="how many models to try")
-    time_budget_min: float | None = Field(None, gt=0, description="minutes for the whole search")
+    time_budget: float | None = Field(None, gt=0, description="minutes for the whole search")
     notes: str = Field("", max_length=300, description="anything else that matters, in one sentence")
 
 
@@ -72,7 +72,7 @@ def apply_draft(task: Task, draft: TaskDraft) -> Task:
     data["families"] = [f for f in draft.families if f in known] or data["families"]
     if draft.notes:
         data["notes"] = draft.notes
-    for key in ("max_candidates", "time_budget_min"):
+    for key in ("max_candidates", "time_budget"):
         if getattr(draft, key) is not None:
             budgets[key] = getattr(draft, key)
     return Task(**data, budgets=Budgets(**budgets))

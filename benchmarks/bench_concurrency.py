@@ -81,7 +81,7 @@ def run_one(args, concurrency: int, root: Path) -> dict:
                 max_latency_ms=10_000, max_params=args.max_params, families=args.families,
                 frozen_encoders=args.frozen_encoders,
                 budgets=Budgets(max_candidates=args.candidates, epochs=args.epochs, train_time_s=86_400,
-                                time_budget_min=24 * 60))
+                                time_budget=24 * 60))
     ctx = Context(workspace=str(root / f"c{concurrency}"), generation="random", device=args.device,
                   concurrency=concurrency, seed=args.seed)
     started = time.monotonic()

@@ -65,7 +65,7 @@ def main() -> None:
         for name, stored in (("images", None), ("tokens", key)):
             t0 = time.monotonic()
             result = train_candidate(code, prepared, dataset, root / name, hparams=spec.prm(), epochs=args.epochs,
-                                     batch_size=args.batch_size, patience=None, time_budget_s=None,
+                                     batch_size=args.batch_size, patience=None, train_time_s=None,
                                      device=args.device, threads=args.threads, evaluator=evaluator,
                                      features=stored)
             if not result.ok:

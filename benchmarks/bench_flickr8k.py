@@ -108,7 +108,7 @@ def main() -> None:
             print(f"{name}: {spec.describe()}, batch {spec.batch_size}, up to {epochs} epochs", flush=True)
             result = train_candidate(
                 reference_source(name), prepared, dataset, workdir / name, hparams=spec.prm(), epochs=epochs,
-                time_budget_s=args.budget_s, device=args.device, batch_size=spec.batch_size,
+                train_time_s=args.budget_s, device=args.device, batch_size=spec.batch_size,
                 patience=args.patience or None, threads=args.threads, evaluator=evaluator, on_event=progress)
             if not result.ok:
                 print(f"  {name} failed ({result.exit_reason}): {result.error}", flush=True)

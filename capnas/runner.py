@@ -48,7 +48,7 @@ def run_models(models: AgentModels | None, generation: str, embedded_model: str 
     elif generation == "random" or embedded_model is None:
         yield None, "none (random generation needs no LLM)"
     else:
-        from capnas.embedded_llm import embedded_models
+        from capnas.embedded import embedded_models
 
         with embedded_models(embedded_model, progress=progress) as (local, line):
             yield local, line

@@ -39,7 +39,7 @@ class RunSettings(BaseModel):
     ray_address: str | None = Field(None, description="Ray cluster address for --executor ray (none: a local Ray instance)")
     time_budget: float = Field(14.0, gt=0, description="minutes for the whole run (checked between candidates)")
     epochs: int = Field(8, ge=1, description="max training epochs per candidate (early stopping may end sooner)")
-    train_time: float = Field(80.0, gt=0, description="seconds of training per candidate")
+    train_time_s: float = Field(80.0, gt=0, description="seconds of training per candidate")
     image_size: int | None = Field(None, description="square input size the contract fixes (default: 32 for shapes, 224 for image folders)")
     max_len: int = Field(28, description="caption length in tokens, BOS and EOS included")
     max_params: int = Field(5_000_000, description="parameter budget per model (frozen ones count)")
@@ -88,8 +88,8 @@ class RunSettings(BaseModel):
         return Task(
             dataset=self.dataset, images=self.images, image_size=self.resolved_image_size(), max_len=self.max_len,
             max_params=self.max_params, max_latency_ms=self.max_latency_ms, frozen_encoders=self.frozen_encoders,
-            budgets=Budgets(max_candidates=self.max_candidates, min_candidates=self.min_candidates, time_budget_min=self.time_budget, epochs=self.epochs,
-                            train_time_s=self.train_time, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd),
+            budgets=Budgets(max_candidates=self.max_candidates, min_candidates=self.min_candidates, time_budget=self.time_budget, epochs=self.epochs,
+                            train_time_s=self.train_time_s, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd),
         )
 
     def models(self) -> AgentModels | None:

@@ -299,7 +299,7 @@ class Journal:
 
     def request(self, run_id: str, action: str, **fields: Any) -> None:
         """A person's request to a live run, read by the graph between candidates: `stop`, `pause`, `resume`,
-        or `budget` with new `max_candidates` / `time_budget_min`. Works from any process (chat, CLI)."""
+        or `budget` with new `max_candidates` / `time_budget`. Works from any process (chat, CLI)."""
         if action not in CONTROL_ACTIONS:
             raise ValueError(f"unknown run request {action!r}; use one of {', '.join(CONTROL_ACTIONS)}")
         self.log_event(run_id, "control", {"action": action, **fields})

@@ -319,21 +319,23 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
     cand = svc.journal.get_candidate(cid).row
     if cand["status"] != "valid":
         return {}  # already trained (resume) or not trainable
-    budgets = svc.task.budgets
-    remaining_s = budgets.time_budget_min * 60 - (time.time() - state["started_at"])
+    budgets = _budgets(svc)  # with a person's changes (chat /budget), as the planner and the critic read them
+    remaining_s = budgets.time_budget * 60 - (time.time() - state["started_at"])
     spec = archspec.ArchSpec(**cand["spec"]) if cand.get("spec") else None
     hparams = spec.prm() if spec else {}
     batch_size = spec.batch_size if spec else 32
     ctx = runtime.context
+    train_time_s = max(10.0, min(budgets.train_time_s, remaining_s))
     with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.get("params"), batch_size)) as device:
         _emit(runtime, "candidate", candidate_id=cid, status="training")
         features = _stored_features(svc, runtime, spec, device, cid)
-        svc.journal.log_event(svc.run_id, "train_call", {"time_budget_s": round(remaining_s, 1), "device": device,
+        svc.journal.log_event(svc.run_id, "train_call", {"remaining_s": round(remaining_s, 1),
+                                                         "train_time_s": round(train_time_s, 1), "device": device,
                                                          "threads": svc.threads, "features": features}, cid)
         outcome = train_candidate(
             cand["code"], svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
             epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs, batch_size=batch_size,
-            time_budget_s=max(10.0, min(budgets.train_time_s, remaining_s)),
+            train_time_s=train_time_s,
             device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,
             on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
             features=features,
@@ -424,7 +426,7 @@ def budget_exhausted(svc: RunServices, state: RunState, update: dict[str, Any]) 
         return "stopped_by_user"
     if len(_rows(svc)) >= budgets.max_candidates:
         return "max_candidates"
-    if time.time() - state["started_at"] >= budgets.time_budget_min * 60:
+    if time.time() - state["started_at"] >= budgets.time_budget * 60:
         return "time_budget"
     if svc.models is not None and svc.ledger.exhausted():
         return "token_budget"
@@ -443,7 +445,7 @@ def _budget_changes(svc: RunServices) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for r in svc.journal.requests(svc.run_id):
         if r["action"] == "budget":
-            changes.update({k: r[k] for k in ("max_candidates", "time_budget_min") if r.get(k) is not None})
+            changes.update({k: r[k] for k in ("max_candidates", "time_budget") if r.get(k) is not None})
     return changes
 
 

@@ -223,7 +223,7 @@ def generate_ids(model: torch.nn.Module, images: torch.Tensor, batch_size: int, 
 def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, device: str = "cpu") -> dict[str, Any]:
     """Train the candidate in `scratch/candidate.py` on the prepared data in `data_dir`.
 
-    args: vocab_size (required), hparams {}, epochs 10, time_budget_s (total over resumes; none by default),
+    args: vocab_size (required), hparams {}, epochs 10, train_time_s (total over resumes; none by default),
     batch_size 32, seed 0, bf16 True (CUDA only), eval_every 1 (epochs between val generations; the last epoch
     always generates), log_every 20 (batches between `step` events), threads (torch's CPU threads; None: torch's
     default, one per core), features (a key under `features/`: train on those frozen-encoder tokens, not images).
@@ -232,7 +232,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     dev = torch.device(device)
     vocab_size = int(args["vocab_size"])
     epochs, batch_size, seed = int(args.get("epochs", 10)), int(args.get("batch_size", 32)), int(args.get("seed", 0))
-    budget_s = float(args["time_budget_s"]) if args.get("time_budget_s") is not None else math.inf
+    budget_s = float(args["train_time_s"]) if args.get("train_time_s") is not None else math.inf
     eval_every, log_every = max(1, int(args.get("eval_every", 1))), max(1, int(args.get("log_every", 20)))
     autocast = bool(args.get("bf16", True)) and dev.type == "cuda"
     set_threads(args.get("threads"))

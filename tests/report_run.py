@@ -101,7 +101,7 @@ def _build(root: Path) -> BuiltRun:
     cache = root / "cache"
     os.environ["CAPNAS_CACHE"] = str(cache)
     workspace = root / "ws"
-    budgets = Budgets(max_candidates=4, time_budget_min=20, epochs=20, train_time_s=120)
+    budgets = Budgets(max_candidates=4, time_budget=20, epochs=20, train_time_s=120)
     # a generous latency budget: 2 shared CPU cores time a batch of 1 anywhere from 50 to 600 ms
     task = Task(dataset=DATASET, image_size=IMAGE_SIZE, max_len=MAX_LEN, min_count=1, max_latency_ms=10_000,
                 budgets=budgets)
@@ -137,7 +137,7 @@ def _build(root: Path) -> BuiltRun:
                                      params=report.params)
             run_dir = workspace / "runs" / RUN_ID / cid
             result = train_candidate(code, prepared, dataset, run_dir, hparams=spec.prm(), epochs=spec.epochs,
-                                     batch_size=spec.batch_size, time_budget_s=budgets.train_time_s, patience=None,
+                                     batch_size=spec.batch_size, train_time_s=budgets.train_time_s, patience=None,
                                      threads=1, evaluator=evaluator)
             assert result.ok, (result.exit_reason, result.error)
             journal.update_candidate(

@@ -142,7 +142,7 @@ def tmux(tmp_path: Path):
 def _chat_config(tmp_path: Path, server: ScriptedLLMServer) -> Path:
     path = tmp_path / "chat.yaml"
     path.write_text(yaml.safe_dump({
-        "dataset": "shapes:200", "image_size": 32, "epochs": 2, "train_time": 20, "max_candidates": 1,
+        "dataset": "shapes:200", "image_size": 32, "epochs": 2, "train_time_s": 20, "max_candidates": 1,
         "threads": 1, "max_latency_ms": 10_000, "generation": "spec", "llm_base_url": server.base_url,
         "llm_model": "scripted", "llm_timeout_s": 60, "run_dir": str(tmp_path / "ws")}))
     return path

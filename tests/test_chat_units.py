@@ -39,9 +39,9 @@ def _text(renderable: Any, width: int = 160) -> str:
 # -- the task form ---------------------------------------------------------------------------------------------
 def test_edits_set_task_and_budget_keys_with_units_and_lists() -> None:
     edited = apply_edits(TASK, "max_params=2M max_candidates=3 families=gru,small_cnn objective=bleu_4 "
-                               "time_budget_min=7.5 notes='for phones'")
+                               "time_budget=7.5 notes='for phones'")
     assert edited["max_params"] == 2_000_000
-    assert edited["budgets"]["max_candidates"] == 3 and edited["budgets"]["time_budget_min"] == 7.5
+    assert edited["budgets"]["max_candidates"] == 3 and edited["budgets"]["time_budget"] == 7.5
     assert edited["families"] == ["gru", "small_cnn"] and edited["objective"] == "bleu_4"
     assert edited["notes"] == "for phones"
     assert TASK["max_params"] == 5_000_000  # the draft it started from is untouched
@@ -233,7 +233,7 @@ def test_controls_reach_the_journal_and_a_pause_is_answered(tmp_path: Path) -> N
              (phase("done"), "/quit")]
     session, console, _ = _session(tmp_path, steps, fake)
     assert session.loop() == 0
-    assert seen["requests"] == [{"action": "budget", "max_candidates": 3, "time_budget_min": 20.0},
+    assert seen["requests"] == [{"action": "budget", "max_candidates": 3, "time_budget": 20.0},
                                 {"action": "pause"}]
     assert seen["resumed"] == {"resume": True}  # not {}: that resumes nothing
     out = console.export_text()

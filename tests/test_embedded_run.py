@@ -25,7 +25,7 @@ def test_run_with_no_llm_configured_uses_the_embedded_model(tmp_path: Path) -> N
     workspace = tmp_path / "ws"
     done = subprocess.run(
         [sys.executable, "-m", "capnas", "run", "--dataset", "shapes:200", "--max-candidates", "1", "--epochs", "1",
-         "--train-time", "20", "--threads", "1", "--max-latency-ms", "10000", "--max-params", "50000000", "--run-dir", str(workspace),
+         "--train-time-s", "20", "--threads", "1", "--max-latency-ms", "10000", "--max-params", "50000000", "--run-dir", str(workspace),
          "--no-report", "--json"],
         capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]

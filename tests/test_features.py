@@ -100,7 +100,7 @@ def test_a_frozen_candidate_trains_on_stored_tokens_as_it_does_on_images(shapes,
         for name, features in (("images", None), ("tokens", key)):
             events: list[dict] = []
             runs[name] = (train_candidate(code, prepared, dataset, tmp_path / name, hparams=FROZEN.prm(), epochs=2,
-                                          patience=None, threads=1, time_budget_s=300.0, evaluator=evaluator,
+                                          patience=None, threads=1, train_time_s=300.0, evaluator=evaluator,
                                           features=features, on_event=events.append), events)
     (images, image_events), (tokens, token_events) = runs["images"], runs["tokens"]
     assert images.ok and tokens.ok, (images.error, tokens.error)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "langchain_agent.py"
-SMALL = {"image_size": 32, "epochs": 1, "train_time": 20, "threads": 1, "max_latency_ms": 10_000}
+SMALL = {"image_size": 32, "epochs": 1, "train_time_s": 20, "threads": 1, "max_latency_ms": 10_000}
 # Round 0 of a task that names no families gets the first pair of the default plan: small_cnn + lstm.
 SPEC = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "lstm", "embed_dim": 128, "hidden_size": 128,
                                                       "num_layers": 1, "attention": False},

@@ -38,7 +38,7 @@ def test_killing_one_training_job_fails_that_candidate_and_the_run_goes_on(tmp_p
     ws, run_id = tmp_path / "ws", "killone"
     victim = ws / "runs" / run_id / f"{run_id}-r000-1"
     argv = [sys.executable, "-m", "capnas", "run", "--run-id", run_id, "--run-dir", str(ws), "--json", "--no-report",
-            "--concurrency", "2", "--max-candidates", "2", "--epochs", "20", "--train-time", "25", "--time-budget", "10",
+            "--concurrency", "2", "--max-candidates", "2", "--epochs", "20", "--train-time-s", "25", "--time-budget", "10",
             "--seed", "11", "--max-params", "50000000",  # seed 11 draws two small_cnn + gru candidates: both valid
             *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

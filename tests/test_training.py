@@ -146,7 +146,7 @@ def _learn_hanging_once(self, train_data):
 Net.learn = _learn_hanging_once
 '''
 
-FAST = {"threads": 1, "batch_size": 32, "time_budget_s": 120.0}  # one thread: the machine's cores are shared
+FAST = {"threads": 1, "batch_size": 32, "train_time_s": 120.0}  # one thread: the machine's cores are shared
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,7 @@ def test_a_killed_job_resumes_from_its_last_committed_epoch(shapes, evaluator, t
     dataset, prepared = shapes
     run_dir = tmp_path / "run"
     settings = dict(hparams={"lr": 3e-3}, epochs=3, patience=None, evaluator=evaluator, **FAST)
-    settings["time_budget_s"] = 60.0  # the job's wall limit follows from it: a hang that no kill ends ends there
+    settings["train_time_s"] = 60.0  # the job's wall limit follows from it: a hang that no kill ends ends there
 
     def kill_in_epoch_2(event: dict) -> None:
         if event["event"] == "step" and event["epoch"] == 2:
@@ -321,7 +321,7 @@ def test_acceptance_small_cnn_gru_reaches_val_cider_1_on_shapes_within_10_minute
     dataset = load_dataset("shapes")
     prepared = prepare_dataset(dataset, image_size=64, max_len=28, min_count=1, cache_root=tmp_path / "prepared")
     result = train_candidate(reference_source("small_cnn_gru"), prepared, dataset, tmp_path / "run",
-                             hparams=ACCEPTANCE_HPARAMS, epochs=100, time_budget_s=600.0, patience=None, threads=1,
+                             hparams=ACCEPTANCE_HPARAMS, epochs=100, train_time_s=600.0, patience=None, threads=1,
                              batch_size=32)
     print(f"val CIDEr {result.metrics.get('cider')} at epoch {result.best_epoch} of {len(result.curve)} "
           f"({result.exit_reason}); curve {[round(p.val_cider or 0, 3) for p in result.curve]}")

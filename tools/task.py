@@ -16,7 +16,7 @@ class Budgets(BaseModel):
     max_candidates: int = Field(6, ge=1, le=1000, description="candidates generated in the whole run")
     min_candidates: int = Field(0, ge=0, le=1000, description="trained candidates before the critic may end the search "
                                                                 "(small models tend to stop after the first result)")
-    time_budget_min: float = Field(15.0, gt=0, description="wall-clock minutes for the whole run")
+    time_budget: float = Field(15.0, gt=0, description="wall-clock minutes for the whole run")
     epochs: int = Field(6, ge=1, le=500, description="training epochs per candidate (early stopping may end sooner)")
     train_time_s: float = Field(120.0, gt=0, description="wall-clock seconds of training per candidate")
     max_tokens: int | None = Field(None, gt=0, description="LLM tokens for the whole run")

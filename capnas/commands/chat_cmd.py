@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         from capnas import runner
         from capnas.console import ChatSession
         from capnas.console.keys import KeyReader, LineReader
-        from capnas.embedded_llm import EmbeddedLLMError
+        from capnas.embedded import EmbeddedLLMError
         from capnas.settings import RunSettings, SettingsError
 
         overrides = dict(llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,

@@ -54,7 +54,7 @@ def _progress_printer(json_mode: bool):
 def _llm(models, generation: str, embedded_model: str | None) -> Iterator[tuple[Any, str]]:
     """`runner.run_models`, with a failing embedded model turned into a clear message and exit 1."""
     from capnas import runner
-    from capnas.embedded_llm import EmbeddedLLMError
+    from capnas.embedded import EmbeddedLLMError
 
     try:
         with runner.run_models(models, generation, embedded_model,
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
                                                   help="Ray cluster for --executor ray (default: a local instance)."),
         time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Minutes for the whole run."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs per candidate."),
-        train_time: Optional[float] = typer.Option(None, "--train-time", help="Seconds of training per candidate."),
+        train_time_s: Optional[float] = typer.Option(None, "--train-time-s", help="Seconds of training per candidate."),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="LLM token budget."),
         max_cost_usd: Optional[float] = typer.Option(None, "--max-cost-usd", help="LLM money budget."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
@@ -178,7 +178,7 @@ def register(app: typer.Typer) -> None:
         overrides = dict(requirement=requirement, dataset=dataset, images=images, generation=generation,
                          llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,
                          max_candidates=max_candidates, min_candidates=min_candidates, concurrency=concurrency,
-                         executor=executor, ray_address=ray_address, time_budget=time_budget, epochs=epochs, train_time=train_time,
+                         executor=executor, ray_address=ray_address, time_budget=time_budget, epochs=epochs, train_time_s=train_time_s,
                          max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed,
                          image_size=image_size, max_len=max_len, max_params=max_params, max_latency_ms=max_latency_ms,
                          frozen_encoders=frozen_encoders, threads=threads, k_snippets=k_snippets, max_repairs=max_repairs, llm_timeout_s=llm_timeout_s,

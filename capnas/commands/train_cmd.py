@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
         images: Path | None = typer.Option(
             None, "--images", metavar="DIR", help="Image folder of a json dataset (default: images/ beside the json)."),
         epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training split."),
-        time_budget: float | None = typer.Option(
-            None, "--time-budget", metavar="S", min=1.0,
+        train_time_s: float | None = typer.Option(
+            None, "--train-time-s", metavar="S", min=1.0,
             help="Seconds of training (learn plus val generation); the epoch in flight is cut short. Default: none."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         hp: list[str] = typer.Option(
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         try:
             with status.progress(epochs) as progress:
                 result = train_candidate(
-                    source, prepared, data, run_dir, hparams=hparams, epochs=epochs, time_budget_s=time_budget,
+                    source, prepared, data, run_dir, hparams=hparams, epochs=epochs, train_time_s=train_time_s,
                     device=device, batch_size=batch_size, seed=seed, patience=patience or None, threads=threads,
                     on_event=progress)
         except (SandboxUnavailable, SandboxError) as exc:

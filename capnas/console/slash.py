@@ -133,12 +133,12 @@ def budget(s: ChatSession, args: list[str]) -> None:
     except (IndexError, ValueError):
         s.say("usage: /budget N [MINUTES], e.g. /budget 4 or /budget 4 30")
         return
-    s.journal.request(run_id, "budget", max_candidates=candidates, time_budget_min=minutes)
+    s.journal.request(run_id, "budget", max_candidates=candidates, time_budget=minutes)
     if s.view is not None:
         budgets = s.view.task.setdefault("budgets", {})
         budgets["max_candidates"] = candidates
         if minutes is not None:
-            budgets["time_budget_min"] = minutes
+            budgets["time_budget"] = minutes
     s.say(f"budget: {candidates} candidates" + (f", {minutes:g} minutes" if minutes else "")
           + " (checked after each candidate)")
 

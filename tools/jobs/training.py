@@ -1,6 +1,6 @@
 """Training jobs: train a candidate in the sandbox, score every epoch's val ids outside it, keep the best epoch.
 
-    result = train_candidate(code, prepared, dataset, run_dir, hparams={"lr": 1e-3}, epochs=10, time_budget_s=120)
+    result = train_candidate(code, prepared, dataset, run_dir, hparams={"lr": 1e-3}, epochs=10, train_time_s=120)
     result.ok, result.metrics["cider"], result.curve, result.best_epoch, result.best_weights
     final = score_test(result, prepared, dataset)        # the test split: a final model only, never selection
 
@@ -120,7 +120,7 @@ def train_candidate(
     *,
     hparams: Mapping[str, Any] | None = None,
     epochs: int = 10,
-    time_budget_s: float | None = 120.0,
+    train_time_s: float | None = 120.0,
     device: str = "cpu",
     batch_size: int = 32,
     seed: int = 0,
@@ -138,7 +138,7 @@ def train_candidate(
 
     `dataset` is the dataset `prepared` was built from: its raw val captions are the references, here, outside
     the sandbox. `hparams` fill the hyperparameters the model declares (the rest get the contract's probe
-    values); `time_budget_s` bounds the training (learn plus val generation, summed over resumes; None: no
+    values); `train_time_s` bounds the training (learn plus val generation, summed over resumes; None: no
     bound); `patience` epochs without a better val CIDEr stop it early (None: never); `eval_every` epochs between
     val generations (the last epoch always generates). `threads` sets torch's CPU threads in the job (None:
     torch's default). `evaluator` is reused for the final metrics when given (its METEOR process is slow to start).
@@ -173,9 +173,9 @@ def train_candidate(
     events = _EventLog(book, on_event)
     job = Job(entry="train", scratch=job_dir, data_dir=prepared.sandbox_dir, device=device,
               args={"vocab_size": len(prepared.vocab), "hparams": dict(hparams or {}), "epochs": epochs,
-                    "time_budget_s": time_budget_s, "batch_size": batch_size, "seed": seed, "bf16": bf16,
+                    "train_time_s": train_time_s, "batch_size": batch_size, "seed": seed, "bf16": bf16,
                     "eval_every": eval_every, "threads": threads, "features": features},
-              limits=Limits(wall_s=STARTUP_S + (1.25 * time_budget_s if time_budget_s else 7 * 86400.0),
+              limits=Limits(wall_s=STARTUP_S + (1.25 * train_time_s if train_time_s else 7 * 86400.0),
                             memory_mb=memory_mb))
     book.start()
     try:

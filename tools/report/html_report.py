@@ -137,7 +137,7 @@ def _header(data: RunData) -> str:
             f"started {_e(created)} · dataset <code>{_e(task.get('dataset'))}</code> at "
             f"{_e(task.get('image_size'))}px, max_len {_e(task.get('max_len'))} · objective val "
             f"{_e(_metric_name(data.objective))} · budgets: {_e(budgets.get('max_candidates', 'n/a'))} candidates, "
-            f"{_e(budgets.get('time_budget_min', 'n/a'))} min, {_e(budgets.get('epochs', 'n/a'))} epochs, "
+            f"{_e(budgets.get('time_budget', 'n/a'))} min, {_e(budgets.get('epochs', 'n/a'))} epochs, "
             f"{_e(budgets.get('train_time_s', 'n/a'))} s training each</p>"
             '<div class="facts">' + "".join(f'<div class="fact"><b>{_e(v)}</b>{_e(k)}</div>' for k, v in facts)
             + "</div>")

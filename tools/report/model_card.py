@@ -262,7 +262,7 @@ def _metrics(data: RunData, cand: Any) -> list:
         ["Training throughput", f"{sum(speeds) / len(speeds):.1f} images/s (mean over epochs)" if speeds else "n/a"],
         ["How training ended", cand.exit_reason or "n/a"],
         ["Device", str(data.config.get("device", "n/a"))],
-        ["Run budget", f"{budgets.get('max_candidates', 'n/a')} candidates, {budgets.get('time_budget_min', 'n/a')} "
+        ["Run budget", f"{budgets.get('max_candidates', 'n/a')} candidates, {budgets.get('time_budget', 'n/a')} "
                        "minutes"],
     ]))
     if points:
