@@ -84,7 +84,7 @@ def test_other_pretrained_loads_are_refused(call: str) -> None:
 
 
 def test_reference_models_of_the_component_library_pass() -> None:
-    files = sorted(p for p in (REPO / "tools" / "reference_models").glob("*.py") if not p.name.startswith("__"))
+    files = sorted(p for p in (REPO / "tools" / "design" / "reference_models").glob("*.py") if not p.name.startswith("__"))
     if not files:
         pytest.skip("no reference models in tools/design/reference_models")
     for path in files:

