@@ -32,7 +32,7 @@ from capnas.agents import coder
 from capnas.agents.llm import ask_structured, build_chat_model
 from capnas.agents.usage import UsageLedger
 from capnas.contracts import get_contract
-from capnas.embedded_llm import EmbeddedLLM, ensure_model
+from capnas.embedded import EmbeddedLLM, ensure_model
 
 
 class ArchChoice(BaseModel):

