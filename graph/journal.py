@@ -15,16 +15,22 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
+
+# Every status the journal stores. A candidate moves generated -> valid -> trained | failed, or stops at invalid or
+# duplicate (a repair sends an invalid or duplicate one back to generated). A run is running until it finishes,
+# is stopped (a budget, a person), fails, or is interrupted (the process left with work unfinished: resumable).
+CandidateStatus = Literal["generated", "invalid", "valid", "trained", "failed", "duplicate"]
+RunStatus = Literal["running", "finished", "stopped", "failed", "interrupted"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id      TEXT PRIMARY KEY,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
-    status      TEXT NOT NULL,             -- running | finished | stopped | failed
+    status      TEXT NOT NULL,             -- RunStatus: running | finished | stopped | failed | interrupted
     stop_reason TEXT,
     task        TEXT NOT NULL DEFAULT '{}', -- JSON: the typed Task the planner produced
     config      TEXT NOT NULL DEFAULT '{}'  -- JSON: the run's settings (no secrets)
@@ -39,7 +45,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     code         TEXT NOT NULL,
     spec         TEXT,                     -- JSON ArchSpec for spec/random candidates
     plan         TEXT,                     -- what the planner/coder intended, in a sentence
-    status       TEXT NOT NULL,            -- generated | invalid | valid | trained | failed | duplicate
+    status       TEXT NOT NULL,            -- CandidateStatus: generated | invalid | valid | trained | failed | duplicate
     repairs      INTEGER NOT NULL DEFAULT 0,
     contract     TEXT,                     -- JSON validation report (violations, params, latency)
     params       INTEGER,
@@ -93,15 +99,53 @@ def normalized_code_hash(code: str) -> str:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A read-only view of one candidate row, JSON columns decoded."""
+    """One candidate as the journal holds it: a field per column of the candidates table, JSON columns decoded.
+    Read-only: changes go through `Journal.update_candidate`, and a fresh `get_candidate` shows them."""
 
-    row: dict[str, Any]
+    # identity and lineage
+    candidate_id: str
+    run_id: str
+    parent_id: str | None
+    round: int
+    mode: str  # code | spec | random
+    # what was proposed
+    code_hash: str  # normalized (comments and formatting removed): equal hashes are duplicates
+    code: str
+    spec: dict[str, Any] | None  # the ArchSpec of spec/random candidates; None for LLM-written code
+    plan: str | None
+    # where it stands
+    status: CandidateStatus
+    repairs: int  # repair attempts so far
+    # validation
+    contract: dict[str, Any] | None  # the validation report: ok, violations, params, latency
+    params: int | None
+    # training and evaluation
+    hparams: dict[str, Any] | None
+    metrics: dict[str, float] | None  # val metrics from the evaluator
+    curve: list[dict[str, Any]] | None  # one point per epoch
+    samples: list[dict[str, Any]] | None  # a few generated captions beside their references
+    exit_reason: str | None  # how training ended, or "identical to <id>" for a duplicate
+    artifacts: str | None  # directory with weights and generated ids
+    # spending
+    tokens: int
+    cost_usd: float
+    # bookkeeping (time.time() seconds)
+    created_at: float
+    updated_at: float
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.row[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Candidate:
+        """The candidate of one table row (a column without a field, or the reverse, is a TypeError here)."""
+        return cls(**_decode(row))
+
+    @property
+    def violations(self) -> list[dict[str, Any]]:
+        """The contract violations of its last validation (none when never validated)."""
+        return list((self.contract or {}).get("violations", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict copy, keyed by column, for code that takes rows (the critic's table, a report record)."""
+        return asdict(self)
 
 
 class Journal:
@@ -141,7 +185,8 @@ class Journal:
             row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _decode(row) if row else None
 
-    def set_run_status(self, run_id: str, status: str, stop_reason: str | None = None) -> None:
+    def set_run_status(self, run_id: str, status: RunStatus, stop_reason: str | None = None) -> None:
+        _check_status(status, RunStatus, "run")
         with self._connect() as db:
             db.execute(
                 "UPDATE runs SET status = ?, stop_reason = COALESCE(?, stop_reason), updated_at = ? WHERE run_id = ?",
@@ -212,14 +257,14 @@ class Journal:
                    AND candidate_id != ? ORDER BY created_at LIMIT 1""",
                 (run_id, code_hash, exclude or ""),
             ).fetchone()
-        return Candidate(_decode(row)) if row else None
+        return Candidate.from_row(row) if row else None
 
     def get_candidate(self, candidate_id: str) -> Candidate:
         with self._connect() as db:
             row = db.execute("SELECT * FROM candidates WHERE candidate_id = ?", (candidate_id,)).fetchone()
         if row is None:
             raise KeyError(f"no candidate {candidate_id!r} in journal {self.path}")
-        return Candidate(_decode(row))
+        return Candidate.from_row(row)
 
     def update_candidate(self, candidate_id: str, **fields: Any) -> None:
         if not fields:
@@ -227,6 +272,8 @@ class Journal:
         unknown = set(fields) - CANDIDATE_COLUMNS
         if unknown:
             raise ValueError(f"unknown candidate fields: {sorted(unknown)}")
+        if "status" in fields:
+            _check_status(fields["status"], CandidateStatus, "candidate")
         cols = ", ".join(f"{k} = ?" for k in fields)
         values = [json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in fields.items()]
         with self._connect() as db:
@@ -240,7 +287,7 @@ class Journal:
             rows = db.execute(
                 "SELECT * FROM candidates WHERE run_id = ? ORDER BY round, created_at", (run_id,)
             ).fetchall()
-        return [Candidate(_decode(r)) for r in rows]
+        return [Candidate.from_row(r) for r in rows]
 
     def leaderboard(self, run_id: str | None = None, metric: str = "cider") -> list[Candidate]:
         """Trained candidates, best first by the given val metric (runs compared side by side when
@@ -248,7 +295,7 @@ class Journal:
         with self._connect() as db:
             query = "SELECT * FROM candidates WHERE status = 'trained'"
             rows = db.execute(query + (" AND run_id = ?" if run_id else ""), (run_id,) if run_id else ()).fetchall()
-        cands = [Candidate(_decode(r)) for r in rows]
+        cands = [Candidate.from_row(r) for r in rows]
         return sorted(cands, key=lambda c: (c.metrics or {}).get(metric, float("-inf")), reverse=True)
 
     # -- llm calls and events -----------------------------------------------------------------------
@@ -328,6 +375,12 @@ CANDIDATE_COLUMNS = {
     "parent_id", "status", "repairs", "contract", "params", "hparams", "metrics", "curve", "samples",
     "exit_reason", "artifacts", "tokens", "cost_usd", "code", "code_hash", "plan", "spec",
 }
+
+
+def _check_status(status: str, allowed: Any, what: str) -> None:
+    """A status outside its Literal is refused before it reaches the file, where nothing would check it."""
+    if status not in get_args(allowed):
+        raise ValueError(f"unknown {what} status {status!r}; use one of {', '.join(get_args(allowed))}")
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

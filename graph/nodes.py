@@ -18,7 +18,7 @@ from langgraph.types import Command, interrupt
 from capnas.agents import coder, critic, planner
 from capnas.agents.usage import BudgetExceeded, cost_usd
 from capnas.graph.context import Context
-from capnas.graph.journal import normalized_code_hash
+from capnas.graph.journal import Candidate, normalized_code_hash
 from capnas.graph.routing import after_validation
 from capnas.graph.services import RunServices, services_for
 from capnas.graph.state import CandidateState, RunState
@@ -154,12 +154,14 @@ def _best_id(svc: RunServices) -> str | None:
 
 
 def _families_of(svc: RunServices, cid: str | None) -> tuple[str, str] | None:
-    spec = _existing(svc, cid).get("spec") if cid and _existing(svc, cid) else None
+    existing = _existing(svc, cid) if cid else None
+    spec = existing.spec if existing else None
     return archspec.families(spec) if spec else None
 
 
 def _rows(svc: RunServices) -> list[dict[str, Any]]:
-    return [c.row for c in svc.journal.candidates(svc.run_id)]
+    """The run's candidates as plain dicts, for the agents (which take rows, not the journal's types)."""
+    return [c.to_dict() for c in svc.journal.candidates(svc.run_id)]
 
 
 # -- coder --------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     ctx, svc = runtime.context, _svc(state, runtime)
     cid, repairs = state["candidate_id"], state.get("repairs", 0)
     existing = _existing(svc, cid)
-    if existing is not None and existing["repairs"] >= repairs:
+    if existing is not None and existing.repairs >= repairs:
         return {}  # resumed: this attempt's code is already in the journal
     _emit(runtime, "candidate", candidate_id=cid, status="generating")
     plan = planner.RoundPlan(**state["plan"])
@@ -188,8 +190,8 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
         board = critic.summarize([r for r in _rows(svc) if r["status"] == "trained"], svc.task.objective)
         repair = None
         if repairs and existing is not None:
-            repair = {"code": existing["code"], "spec": json.dumps(existing.get("spec")),
-                      "violations": (existing.get("contract") or {}).get("violations", []) or _duplicate(existing)}
+            repair = {"code": existing.code, "spec": json.dumps(existing.spec),
+                      "violations": existing.violations or _duplicate(existing)}
         brief = plan.rationale + (f"\nThis candidate uses the {families[0]} encoder and the {families[1]} decoder."
                                   if families else "")
         if svc.task.frozen_encoders:
@@ -198,7 +200,7 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
                                         plan=brief.strip(), repair=repair)
         # Asked again for something new after a duplicate, a model at its usual low temperature tends to give
         # the very same answer: that one call samples hotter.
-        hot = existing is not None and existing["status"] == "duplicate"
+        hot = existing is not None and existing.status == "duplicate"
         try:
             data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}",
                            lambda: _coder_call(ctx.generation, svc, messages, families, DUPLICATE_REPAIR_TEMPERATURE if hot else None),
@@ -211,11 +213,11 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
 
 
-def _duplicate(cand: dict[str, Any]) -> list[dict[str, Any]]:
+def _duplicate(cand: Candidate) -> list[dict[str, Any]]:
     """A duplicate's 'violation' for the repair prompt (it has no contract report: it was never validated)."""
-    if cand["status"] != "duplicate":
+    if cand.status != "duplicate":
         return []
-    return [{"code": "DUP-001", "line": None, "message": f"this candidate is {cand['exit_reason']}, which was "
+    return [{"code": "DUP-001", "line": None, "message": f"this candidate is {cand.exit_reason}, which was "
              "already tried; it will not be trained again.", "hint": "choose a different architecture or options"}]
 
 
@@ -246,9 +248,9 @@ def _random_candidate(svc: RunServices, index: int, seed: int, task: Task) -> tu
     return None, None
 
 
-def _existing(svc: RunServices, cid: str) -> dict[str, Any] | None:
+def _existing(svc: RunServices, cid: str) -> Candidate | None:
     try:
-        return svc.journal.get_candidate(cid).row
+        return svc.journal.get_candidate(cid)
     except KeyError:
         return None
 
@@ -258,11 +260,11 @@ def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing) -
     if existing is None:
         cand = svc.journal.add_candidate(svc.run_id, code, round=state["round"], mode=runtime.context.generation,
                                          parent_id=state.get("parent_id"), spec=spec, plan=describe, candidate_id=cid)
-    elif code and normalized_code_hash(code) == normalized_code_hash(existing["code"]):
+    elif code and normalized_code_hash(code) == normalized_code_hash(existing.code):
         # The repair changed nothing: its verdict would be the same, so spend no probe on it and no more repairs.
         svc.journal.update_candidate(cid, repairs=repairs)
         svc.journal.log_event(svc.run_id, "repair_unchanged", {"repairs": repairs}, cid)
-        _emit(runtime, "candidate", candidate_id=cid, status=existing["status"], plan=describe, unchanged=True)
+        _emit(runtime, "candidate", candidate_id=cid, status=existing.status, plan=describe, unchanged=True)
         return {"repairs": runtime.context.max_repairs}
     else:
         cand = svc.journal.replace_code(cid, code, spec=spec, plan=describe, repairs=repairs)
@@ -280,22 +282,22 @@ def validator_node(state: CandidateState, runtime: Runtime[Context]) -> Command:
     """Static checks, then the sandboxed probe; routes to training, to a repair, or ends the branch."""
     ctx, svc = runtime.context, _svc(state, runtime)
     cid, repairs = state["candidate_id"], state.get("repairs", 0)
-    cand = svc.journal.get_candidate(cid).row
-    if cand["status"] == "generated":  # else: a duplicate, or validated before a crash
+    cand = svc.journal.get_candidate(cid)
+    status = cand.status
+    if status == "generated":  # else: a duplicate, or validated before a crash
         _emit(runtime, "candidate", candidate_id=cid, status="validating")
-        report = _probe(svc, cand["code"], svc.threads)
+        report = _probe(svc, cand.code, svc.threads)
         if ctx.concurrency > 1 and {v.code for v in report.violations} == {"BUD-002"}:
             # Latency is the one clause a busy machine can fail on its own (other jobs, the local LLM): measure
             # once more with every CPU slot held, before calling the candidate too slow.
             first = report.latency_ms
-            report = _probe(svc, cand["code"], svc.threads, exclusive=True)
+            report = _probe(svc, cand.code, svc.threads, exclusive=True)
             svc.journal.log_event(svc.run_id, "latency_remeasured", {"first_ms": first, "again_ms": report.latency_ms}, cid)
         status = "valid" if report.ok else "invalid"
         svc.journal.update_candidate(cid, status=status, contract=report.model_dump(mode="json"), params=report.params)
         _emit(runtime, "candidate", candidate_id=cid, status=status,
               violations=[v.code for v in report.violations], params=report.params)
-        cand["status"] = status
-    goto = after_validation(cand["status"], ctx.generation, repairs, ctx.max_repairs)
+    goto = after_validation(status, ctx.generation, repairs, ctx.max_repairs)
     return Command(goto=END if goto == "done" else goto, update={"repairs": repairs + 1} if goto == "coder" else {})
 
 
@@ -316,24 +318,24 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
 
     svc = _svc(state, runtime)
     cid = state["candidate_id"]
-    cand = svc.journal.get_candidate(cid).row
-    if cand["status"] != "valid":
+    cand = svc.journal.get_candidate(cid)
+    if cand.status != "valid":
         return {}  # already trained (resume) or not trainable
     budgets = _budgets(svc)  # with a person's changes (chat /budget), as the planner and the critic read them
     remaining_s = budgets.time_budget * 60 - (time.time() - state["started_at"])
-    spec = archspec.ArchSpec(**cand["spec"]) if cand.get("spec") else None
+    spec = archspec.ArchSpec(**cand.spec) if cand.spec else None
     hparams = spec.prm() if spec else {}
     batch_size = spec.batch_size if spec else 32
     ctx = runtime.context
     train_time_s = max(10.0, min(budgets.train_time_s, remaining_s))
-    with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.get("params"), batch_size)) as device:
+    with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.params, batch_size)) as device:
         _emit(runtime, "candidate", candidate_id=cid, status="training")
         features = _stored_features(svc, runtime, spec, device, cid)
         svc.journal.log_event(svc.run_id, "train_call", {"remaining_s": round(remaining_s, 1),
                                                          "train_time_s": round(train_time_s, 1), "device": device,
                                                          "threads": svc.threads, "features": features}, cid)
         outcome = train_candidate(
-            cand["code"], svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
+            cand.code, svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
             epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs, batch_size=batch_size,
             train_time_s=train_time_s,
             device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,

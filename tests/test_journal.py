@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import sqlite3
 import threading
+from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from capnas.graph.journal import Journal, normalized_code_hash
+from capnas.graph.journal import Candidate, CandidateStatus, Journal, RunStatus, normalized_code_hash
 
 CODE = "def f(x):\n    return x + 1\n"
 
@@ -121,3 +125,137 @@ def test_pause_and_stop_are_read_from_the_latest_requests(tmp_path):
     assert not journal.paused(run)
     journal.request(run, "stop")
     assert journal.stop_requested(run)
+
+
+def test_a_status_outside_the_literal_is_refused_naming_the_allowed_ones(tmp_path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    run = j.create_run({}, {})
+    cand = j.add_candidate(run, CODE, round=0, mode="spec")
+    with pytest.raises(ValueError, match="unknown candidate status 'trainde'.*generated, invalid, valid, trained"):
+        j.update_candidate(cand.candidate_id, status="trainde", metrics={"cider": 1.0})
+    assert j.get_candidate(cand.candidate_id).status == "generated"  # nothing of the refused update was written
+    with pytest.raises(ValueError, match="unknown run status 'done'.*running, finished, stopped, failed, interrupted"):
+        j.set_run_status(run, "done")
+    assert j.get_run(run)["status"] == "running"
+    j.set_run_status(run, "interrupted", "interrupted")
+    assert j.get_run(run)["status"] == "interrupted"
+
+
+def test_a_candidate_read_back_has_typed_fields_one_per_column(tmp_path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    run = j.create_run({}, {})
+    cand = j.add_candidate(run, CODE, round=2, mode="spec", spec={"encoder": {"family": "cnn"}}, plan="a small cnn")
+    assert (cand.spec, cand.contract, cand.metrics, cand.curve, cand.violations) == ({"encoder": {"family": "cnn"}},
+                                                                                     None, None, None, [])
+    j.update_candidate(cand.candidate_id, status="invalid", params=123,
+                       contract={"ok": False, "violations": [{"code": "SHP-001"}]})
+    assert j.get_candidate(cand.candidate_id).violations == [{"code": "SHP-001"}]
+    j.update_candidate(cand.candidate_id, status="trained", metrics={"cider": 0.5}, curve=[{"epoch": 1, "loss": 2.0}],
+                       samples=[{"caption": "a cat", "references": ["a cat"]}], hparams={"lr": 0.001})
+    back = j.get_candidate(cand.candidate_id)
+    assert isinstance(back, Candidate) and back.round == 2 and back.params == 123 and back.tokens == 0
+    assert back.metrics == {"cider": 0.5} and back.curve == [{"epoch": 1, "loss": 2.0}]
+    assert back.samples[0]["caption"] == "a cat" and back.hparams == {"lr": 0.001}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        back.status = "failed"  # type: ignore[misc]
+    # One field per column, in the table's order; to_dict is a plain copy keyed the same way.
+    with sqlite3.connect(j.path) as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(candidates)")]
+    assert [f.name for f in dataclasses.fields(Candidate)] == columns
+    row = back.to_dict()
+    assert list(row) == columns and row["metrics"] == {"cider": 0.5}
+    row["metrics"]["cider"] = 9.0
+    assert back.metrics == {"cider": 0.5}
+
+
+# -- every status the code writes is one the Literals list ------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _strings(expr: ast.expr, index: int | None = None) -> set[str] | None:
+    """The string literals an expression can evaluate to (both arms of a conditional; element `index` of a
+    tuple), or None when it is something else (a name, a call). A status read back (`cand.status`) adds none:
+    the journal already holds it."""
+    if index is not None and isinstance(expr, ast.Tuple):
+        return _strings(expr.elts[index])
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return {expr.value}
+    if isinstance(expr, ast.Attribute) and expr.attr == "status":
+        return set()
+    if isinstance(expr, ast.IfExp):
+        body, orelse = _strings(expr.body, index), _strings(expr.orelse, index)
+        return None if body is None or orelse is None else body | orelse
+    return None
+
+
+def _assigned(scope: ast.AST, name: str) -> set[str] | None:
+    """What `name` (or a tuple element named so) is assigned in a function: None when any assignment is not a
+    literal (or there is none: a parameter)."""
+    found: set[str] = set()
+    seen = False
+    for node in ast.walk(scope):
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            names = target.elts if isinstance(target, ast.Tuple) else [target]
+            for i, t in enumerate(names):
+                if isinstance(t, ast.Name) and t.id == name:
+                    values = _strings(node.value, i if isinstance(target, ast.Tuple) else None)
+                    if values is None:
+                        return None
+                    found |= values
+                    seen = True
+    return found if seen else None
+
+
+def journal_statuses(source: str, where: str) -> tuple[set[str], set[str], list[str]]:
+    """(candidate statuses, run statuses, unresolved writes) that `update_candidate(status=...)`,
+    `set_run_status(run, status)` and `add_candidate`'s own `status, reason = ...` write in a module."""
+    tree = ast.parse(source)
+    cand: set[str] = set()
+    run: set[str] = set()
+    unresolved: list[str] = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if func.name == "add_candidate":  # the journal's insert: its status is assigned, not passed
+            cand |= _assigned(func, "status") or set()
+        for call in ast.walk(func):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+                continue
+            kind = call.func.attr
+            if kind not in ("update_candidate", "set_run_status"):
+                continue
+            args = [k.value for k in call.keywords if k.arg == "status"]
+            if kind == "set_run_status" and len(call.args) > 1:
+                args.append(call.args[1])
+            for arg in args:
+                values = _strings(arg)
+                if values is None and isinstance(arg, ast.Name):
+                    values = _assigned(func, arg.id)
+                if values is None:
+                    if func.name not in ("update_candidate", "set_run_status"):  # the journal's own plumbing
+                        unresolved.append(f"{where}:{call.lineno}")
+                    continue
+                (cand if kind == "update_candidate" else run).update(values)
+    return cand, run, unresolved
+
+
+def test_the_status_literals_list_every_status_the_code_writes() -> None:
+    # The scan itself can fail: a made-up status, direct or through a conditional, is found.
+    fake = ("def f(j, ok, cand, given):\n    s = cand.status\n    if ok:\n        s = 'valid' if ok else 'bogus'\n"
+            "    j.update_candidate('c', status=s)\n    j.set_run_status('r', 'paused')\n"
+            "    j.set_run_status('r', given)\n")
+    assert journal_statuses(fake, "fake.py") == ({"valid", "bogus"}, {"paused"}, ["fake.py:7"])
+    cand: set[str] = set()
+    run: set[str] = set()
+    unresolved: list[str] = []
+    for folder in ("graph", "capnas", "agents", "tools"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            c, r, u = journal_statuses(path.read_text(), str(path.relative_to(ROOT)))
+            cand, run, unresolved = cand | c, run | r, unresolved + u
+    assert not unresolved, f"status writes the scan cannot read (use literals): {unresolved}"
+    assert {"generated", "duplicate", "valid", "invalid", "trained", "failed"} <= cand, cand  # the scan saw them
+    assert {"running", "finished", "interrupted"} <= run, run
+    assert cand <= set(get_args(CandidateStatus)), cand - set(get_args(CandidateStatus))
+    assert run <= set(get_args(RunStatus)), run - set(get_args(RunStatus))

@@ -50,7 +50,7 @@ def read_run(workspace: str | Path, run_id: str) -> RunRecord:
             continue
         if isinstance(parsed, dict):
             answers[key] = parsed
-    return RunRecord(run=run, candidates=[dict(c.row) for c in candidates],
+    return RunRecord(run=run, candidates=[c.to_dict() for c in candidates],
                      leaderboard=[c.candidate_id for c in journal.leaderboard(run_id, objective)],
                      usage=journal.usage(run_id), answers=answers)
 

@@ -27,7 +27,7 @@ def run_context(journal: Journal, workspace: str | Path, run_id: str) -> str:
 
     run = journal.get_run(run_id) or {}
     objective = (run.get("task") or {}).get("objective", "cider")
-    rows = [c.row for c in journal.candidates(run_id)]
+    rows = [c.to_dict() for c in journal.candidates(run_id)]
     summary = summarize(workspace, run_id)
     return (f"Run summary: {json.dumps(summary)}\nTask: {json.dumps(run.get('task') or {})}\n"
             f"{critic.summarize(rows, objective)}")
