@@ -133,10 +133,10 @@ def _ranked(plan: RoundPlan) -> list[tuple[str, str]]:
 
 
 def sanitize(plan: RoundPlan, task: Task) -> RoundPlan:
-    """Keep only known family names; an empty list means 'any'."""
+    """Keep only the families the task allows (all known ones when it names none); an empty list means 'any'."""
     fallback = default_plan(task, 0)
     return RoundPlan(
-        encoders=[e for e in plan.encoders if e in ENCODERS] or fallback.encoders,
-        decoders=[d for d in plan.decoders if d in DECODERS] or fallback.decoders,
+        encoders=[e for e in plan.encoders if e in fallback.encoders] or fallback.encoders,
+        decoders=[d for d in plan.decoders if d in fallback.decoders] or fallback.decoders,
         rationale=plan.rationale,
     )

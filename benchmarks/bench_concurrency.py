@@ -71,24 +71,30 @@ def dataset_spec(name: str) -> str:
     return str(folder / "dataset_flickr8k.json")
 
 
+def settings_for(args, concurrency: int, root: Path):
+    """The run of one row, as `capnas run` would build it from these flags: the same settings object, so the
+    cache prepared before the rows (image size, caption length, vocabulary threshold) is the one the run reads."""
+    from capnas.settings import RunSettings
+
+    return RunSettings.load(None, dict(
+        dataset=dataset_spec(args.dataset), image_size=args.image_size, max_len=args.max_len, min_count=args.min_count,
+        max_latency_ms=10_000, max_params=args.max_params, families=args.families,
+        frozen_encoders=args.frozen_encoders, max_candidates=args.candidates, min_candidates=0, epochs=args.epochs,
+        train_time_s=86_400, time_budget=24 * 60, run_dir=str(root / f"c{concurrency}"), generation="random",
+        device=args.device, concurrency=concurrency, seed=args.seed))
+
+
 def run_one(args, concurrency: int, root: Path) -> dict:
     from capnas import runner
-    from capnas.graph.context import Context
     from capnas.graph.journal import Journal
-    from capnas.tools.task import Budgets, Task
 
-    task = Task(dataset=dataset_spec(args.dataset), image_size=args.image_size, max_len=args.max_len,
-                max_latency_ms=10_000, max_params=args.max_params, families=args.families,
-                frozen_encoders=args.frozen_encoders,
-                budgets=Budgets(max_candidates=args.candidates, epochs=args.epochs, train_time_s=86_400,
-                                time_budget=24 * 60))
-    ctx = Context(workspace=str(root / f"c{concurrency}"), generation="random", device=args.device,
-                  concurrency=concurrency, seed=args.seed)
+    settings = settings_for(args, concurrency, root)
+    ctx, task = settings.context(None), settings.task()
     started = time.monotonic()
     with GpuSampler() as gpu:
         summary = runner.start(ctx, task.model_dump(), run_id=f"c{concurrency}")
     wall = time.monotonic() - started
-    cands = Journal(Path(ctx.workspace) / "journal.sqlite").candidates(f"c{concurrency}")
+    cands = Journal(Path(ctx.run_dir) / "journal.sqlite").candidates(f"c{concurrency}")
     cpu_s = 0.0
     for c in cands:
         result = Path(c.artifacts or "/nonexistent") / "train_result.json"
@@ -108,8 +114,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--candidates", type=int, default=4, help="candidates per row (the same ones in each)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--max-len", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=None, help="default: as capnas run (32 for shapes, 224 photos)")
+    parser.add_argument("--max-len", type=int, default=16, help="caption length (the runs of the recorded table used 16)")
+    parser.add_argument("--min-count", type=int, default=None, help="vocabulary threshold (default: as capnas run)")
     parser.add_argument("--max-params", type=int, default=5_000_000)
     parser.add_argument("--families", nargs="*", default=[], help="e.g. small_cnn gru: random draws stay inside them")
     parser.add_argument("--frozen-encoders", action="store_true",
@@ -118,14 +125,13 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the workspaces here (default: a temp dir)")
     args = parser.parse_args()
 
-    from capnas.tools.data.datasets import load_dataset
-    from capnas.tools.data.prepare import prepare_dataset
+    from capnas.tools.data.datasets import task_data
     from capnas.tools.jobs.slots import cpu_count
 
     # The shared prepared data is built once, before any row is timed (each run then only reads the cache), and so
     # are frozen-encoder tokens for --frozen-encoders: a row that extracted them would pay for the rows after it.
-    prepared = prepare_dataset(load_dataset(dataset_spec(args.dataset)), image_size=args.image_size,
-                               max_len=args.max_len)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="capnas-bench-concurrency-"))
+    _, prepared = task_data(settings_for(args, args.concurrency[0], root).task())
     extract_s = None
     if args.frozen_encoders:
         from capnas.tools.data.features import FROZEN_ENCODERS, ensure_features
@@ -135,7 +141,6 @@ def main() -> None:
             if not args.families or encoder in args.families:
                 ensure_features(prepared, encoder, device=args.device)
         extract_s = time.monotonic() - t0
-    root = args.keep or Path(tempfile.mkdtemp(prefix="capnas-bench-concurrency-"))
     rows = [run_one(args, c, root) for c in args.concurrency]
 
     base = rows[0]["per_hour"] or float("nan")

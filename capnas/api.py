@@ -8,27 +8,26 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import copy
+from typing import Any
 
 from langchain_core.tools import StructuredTool
-from pydantic import BaseModel, Field
+from pydantic import create_model
 
 from capnas import runner
 from capnas.settings import RunSettings
 
-
-class DesignRequest(BaseModel):
-    requirement: str = Field("", description="what the captioning model must do, in plain words")
-    dataset: str = Field("shapes", description="shapes, shapes:N, or a path to a Karpathy/COCO captions json")
-    generation: Literal["code", "spec", "random"] = Field("spec", description="how candidates are written")
-    max_candidates: int = Field(4, ge=1, le=100, description="how many architectures to try")
-    time_budget: float = Field(15.0, gt=0, description="minutes for the whole search")
+# What an agent may choose when it calls the tool: a few run settings, declared where every setting is.
+TOOL_KEYS = ("requirement", "dataset", "generation", "max_candidates", "time_budget")
+DesignRequest = create_model("DesignRequest", **{k: (RunSettings.model_fields[k].annotation,
+                                                    copy.deepcopy(RunSettings.model_fields[k])) for k in TOOL_KEYS})
 
 
 def design(on_event=None, **settings: Any) -> dict[str, Any]:
     """Run one design job; keyword arguments are `capnas run` settings (see RunSettings).
-    Returns the run summary (run_id, status, counts, best candidate with its metrics, tokens, cost)."""
-    s = RunSettings(**settings)
+    Returns the run summary (run_id, status, counts, best candidate with its metrics, tokens, cost).
+    Raises `capnas.settings.SettingsError` naming a bad setting before anything starts."""
+    s = RunSettings.load(None, settings)
     with runner.run_models(s.models(), s.generation, s.embedded_model) as (models, _):
         return runner.start(s.context(models), s.task().model_dump(), s.requirement, on_event=on_event)
 

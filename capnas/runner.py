@@ -54,6 +54,12 @@ def run_models(models: AgentModels | None, generation: str, embedded_model: str 
             yield local, line
 
 
+def run_exists(workspace: str | Path, run_id: str) -> bool:
+    """Whether the workspace's journal holds `run_id` (without creating a journal where there is none)."""
+    path = journal_path(workspace)
+    return path.is_file() and Journal(path).get_run(run_id) is not None
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
@@ -107,12 +113,12 @@ def start(ctx: Context, task: dict[str, Any], requirement: str = "", run_id: str
     """A new run. It is in the journal before the graph takes its first step, so a crash at any point after
     this call returns leaves a run that `resume` can continue."""
     run_id = run_id or new_run_id()
-    journal = Journal(journal_path(ctx.workspace))
+    journal = Journal(journal_path(ctx.run_dir))
     if journal.get_run(run_id) is not None:
         raise RunError(f"run {run_id!r} already exists in {journal.path}; continue it with `capnas resume {run_id}`",
                        usage=True)
     journal.create_run(task, {**ctx.to_record(), "requirement": requirement}, run_id=run_id)
-    return drive(ctx.workspace, run_id, ctx, _first_input(run_id, task, requirement), on_event, on_interrupt)
+    return drive(ctx.run_dir, run_id, ctx, _first_input(run_id, task, requirement), on_event, on_interrupt)
 
 
 def _first_input(run_id: str, task: dict[str, Any], requirement: str) -> dict[str, Any]:
@@ -131,7 +137,7 @@ def resume(workspace: str | Path, run_id: str, models: AgentModels | None = None
     record = run["config"]
     if models is None and record.get("models") and not record.get("extra", {}).get("embedded_model"):
         models = AgentModels(**record["models"])
-    ctx = Context.from_record({**record, "workspace": str(workspace)}, models)
+    ctx = Context.from_record({**record, "run_dir": str(workspace)}, models)
     with compiled_graph(workspace) as graph:
         snapshot = graph.get_state({"configurable": {"thread_id": run_id}})
     if not snapshot.values:  # the crash came before the graph's first checkpoint: start it over
@@ -150,7 +156,7 @@ def recorded_context(workspace: str | Path, run_id: str) -> Context:
     run = Journal(journal_path(workspace)).get_run(run_id)
     if run is None:
         raise RunError(f"no run {run_id!r} in {journal_path(workspace)} (see `capnas runs`)", usage=True)
-    return Context.from_record({**run["config"], "workspace": str(workspace)}, None)
+    return Context.from_record({**run["config"], "run_dir": str(workspace)}, None)
 
 
 def summarize(workspace: str | Path, run_id: str) -> dict[str, Any]:

@@ -1,96 +1,115 @@
-"""Run settings: every `capnas run` flag is a key of the config file (YAML or JSON), and flags override it."""
+"""Run settings: one flat view of every setting a run takes, derived from where each is declared.
+
+Each setting is declared once, with its name, type, bounds, default and help, in the record that uses it:
+- the task (`capnas.tools.task.Task` and its `Budgets`): what the run is asked to do;
+- the runtime (`capnas.graph.context.Context`): how the graph runs it;
+- the app (`AppSettings` below): the LLM endpoint and what only people pass (a requirement, a confirmation).
+`RunSettings` copies those fields as they are. From it come the `capnas run` and `capnas chat` flags
+(`capnas.commands.options`), the config-file keys, the README's table (a test keeps it in step) and, back
+again, the `Task` and `Context` of a run. Adding a setting: one field in its record (plus its use).
+
+`RunSettings.load` is the edge: a value is parsed and checked there, before any run, server or LLM starts,
+and a bad one is a `SettingsError` naming the flag or key, the value and what is allowed."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
-from capnas.agents.llm import AgentModels, LLMConfig
+from capnas.agents.llm_config import AgentModels, LLMConfig
 from capnas.graph.context import Context
 from capnas.tools.task import Budgets, Task
 
 
 class SettingsError(ValueError):
-    """A config file or flag that cannot be used; the message names the file or key."""
+    """A config file or flag that cannot be used; the message names the file, flag or key."""
 
 
-class RunSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AppSettings(BaseModel):
+    """Settings only the application reads: which LLM serves the agents, and what a person passes."""
 
     requirement: str = Field("", description="what the person needs, in their words")
-    dataset: str = Field("shapes:3000", description="shapes, shapes:N, or a Karpathy/COCO captions json")
-    images: str | None = Field(None, description="image folder of a json dataset (default: images/ beside it)")
-    generation: Literal["code", "spec", "random"] = Field("spec", description="code, spec or random")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; none: the embedded local model")
     llm_model: str | None = Field(None, description="model name at that endpoint")
     llm_api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     llm_timeout_s: float = Field(120.0, gt=0, description="seconds before an LLM request is retried")
-    llm_max_retries: int = Field(2, ge=0, description="retries on 429, 5xx and timeouts (with backoff)")
-    embedded_model: str = Field("qwen2.5-coder-0.5b", description="local model served when no endpoint is given")
-    llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-role overrides, e.g. coder: {model: ...}")
-    max_candidates: int = Field(8, ge=1, description="candidates generated in the whole run")
-    min_candidates: int = Field(5, ge=0, description="trained candidates before the critic may end the search early")
-    concurrency: int = Field(2, ge=1, le=64, description="candidates per round, validated and trained at once")
-    executor: Literal["local", "ray"] = Field("local", description="local (sandboxed child processes) or ray (the same jobs as Ray tasks)")
-    ray_address: str | None = Field(None, description="Ray cluster address for --executor ray (none: a local Ray instance)")
-    time_budget: float = Field(14.0, gt=0, description="minutes for the whole run (checked between candidates)")
-    epochs: int = Field(8, ge=1, description="max training epochs per candidate (early stopping may end sooner)")
-    train_time_s: float = Field(80.0, gt=0, description="seconds of training per candidate")
-    image_size: int | None = Field(None, description="square input size the contract fixes (default: 32 for shapes, 224 for image folders)")
-    max_len: int = Field(28, description="caption length in tokens, BOS and EOS included")
-    max_params: int = Field(5_000_000, description="parameter budget per model (frozen ones count)")
-    max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the device")
-    frozen_encoders: bool = Field(False, description="keep pretrained encoders frozen (their tokens are computed once per dataset)")
-    max_tokens: int | None = Field(None, description="LLM token budget for the run (stops it cleanly)")
-    max_cost_usd: float | None = Field(None, description="LLM money budget for the run (needs prices per role)")
-    device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per training job (default: the cores shared by a round's jobs)")
-    run_dir: str = Field(".capnas", description="workspace: journal, checkpoints, artifacts, reports, log")
-    seed: int = Field(0, description="seed of random generation and training")
-    k_snippets: int = Field(2, description="component snippets the coder is shown")
-    max_repairs: int = Field(2, description="repair rounds per candidate after contract violations")
-    confirm: bool = Field(False, description="stop after planning so a person confirms the task (chat)")
+    llm_max_retries: int = Field(2, ge=0, le=20, description="retries on 429, 5xx and timeouts (with backoff)")
+    embedded_model: str = Field("qwen2.5-coder-0.5b", min_length=1,
+                                description="local model served when no endpoint is given")
+    llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                 description="per-role overrides, e.g. coder: {model: ...}")
+
+
+# Which declared fields a run takes, in the order of `capnas run --help` and the README table.
+TASK_KEYS = ("dataset", "images", "image_size", "max_len", "min_count", "max_params", "max_latency_ms", "objective",
+             "families", "frozen_encoders")
+BUDGET_KEYS = tuple(Budgets.model_fields)
+CONTEXT_KEYS = ("generation", "concurrency", "executor", "ray_address", "device", "threads", "run_dir", "seed",
+                "k_snippets", "max_repairs")
+APP_KEYS = tuple(AppSettings.model_fields)
+# Renamed in the task record, so that the flag reads as English: `confirm` is Context.confirm_task.
+CONFIRM_FIELD = ("confirm", Context.model_fields["confirm_task"])
+# Settings only a config file or the Python API sets (no flag): nested or people-only values.
+NO_FLAG = {"llm_roles", "confirm"}
+
+
+def _copied(model: type[BaseModel], keys: tuple[str, ...]) -> dict[str, tuple[Any, FieldInfo]]:
+    return {k: (model.model_fields[k].annotation, copy.deepcopy(model.model_fields[k])) for k in keys}
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a setting."""
+    return "--" + key.replace("_", "-")
+
+
+class _RunSettingsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def load(cls, config: Path | None, overrides: dict[str, Any]) -> RunSettings:
-        data: dict[str, Any] = {}
-        if config is not None:
-            if not config.is_file():
-                raise SettingsError(f"config file {config} does not exist")
-            try:
-                text = config.read_text()
-                data = (json.loads(text) if config.suffix == ".json" else yaml.safe_load(text)) or {}
-            except (yaml.YAMLError, json.JSONDecodeError) as err:
-                raise SettingsError(f"config file {config} is not valid {'JSON' if config.suffix == '.json' else 'YAML'}: {err}") from None
-            if not isinstance(data, dict):
-                raise SettingsError(f"config file {config} must hold a mapping of settings, got {type(data).__name__}")
-            data = {k.replace("-", "_"): v for k, v in data.items()}
-        data.update({k: v for k, v in overrides.items() if v is not None})
+    def load(cls, config: Path | None, flags: dict[str, Any]) -> RunSettings:
+        """Settings from a config file (YAML or JSON; keys as below, `-` or `_`) overridden by `flags` (None:
+        not given). Raises SettingsError naming each bad flag or key with its value."""
+        data = _read_config(config) if config is not None else {}
+        given = {k: v for k, v in flags.items() if v is not None}
+        data.update(given)
         try:
-            return cls(**data)
+            settings = cls(**data)
+            settings.task()  # the task's own checks: rules between fields, family names
+            # the context's (the device's name), without choosing a device yet: that imports torch
+            Context.model_validate({k: getattr(settings, k) for k in CONTEXT_KEYS}, context={"check_only": True})
         except ValidationError as err:
-            where = f"config file {config}" if config else "options"
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise SettingsError(f"{where}: {problems}") from None
+            raise SettingsError(_explain(err, config, given, data)) from None
+        settings.check_dataset(lambda key: flag(key) if key in given else f"config file {config}: {key}")
+        return settings
 
-    def resolved_image_size(self) -> int:
-        """Shapes are drawn to be legible at 32 px (4x cheaper to train than 64); photos get 224, the size the
-        pretrained encoders were trained at."""
-        if self.image_size is not None:
-            return self.image_size
-        return 32 if self.dataset.strip().startswith("shapes") else 224
+    @field_validator("families", mode="before", check_fields=False)
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """`--families small_cnn,gru` (and the same string in a config file) is a list of names."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
+    def check_dataset(self, where=flag) -> None:
+        """The dataset file and its image folder exist and read as a dataset (the same reader the run uses),
+        so a typo fails here, not inside a run that `resume` could never finish."""
+        from capnas.tools.data.sources import DatasetError, load_dataset
+
+        if self.images is not None and not Path(self.images).expanduser().is_dir():
+            raise SettingsError(f"{where('images')} {self.images!r}: no such folder")
+        try:
+            load_dataset(self.dataset, Path(self.images).expanduser() if self.images else None)
+        except DatasetError as err:
+            raise SettingsError(f"{where('dataset')} {self.dataset!r}: {err}") from None
+
+    # -- the records of a run -------------------------------------------------------------------------
     def task(self) -> Task:
-        return Task(
-            dataset=self.dataset, images=self.images, image_size=self.resolved_image_size(), max_len=self.max_len,
-            max_params=self.max_params, max_latency_ms=self.max_latency_ms, frozen_encoders=self.frozen_encoders,
-            budgets=Budgets(max_candidates=self.max_candidates, min_candidates=self.min_candidates, time_budget=self.time_budget, epochs=self.epochs,
-                            train_time_s=self.train_time_s, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd),
-        )
+        fields = {k: getattr(self, k) for k in TASK_KEYS}
+        return Task(**fields, budgets=Budgets(**{k: getattr(self, k) for k in BUDGET_KEYS}))
 
     def models(self) -> AgentModels | None:
         if self.llm_base_url is None and self.llm_model is None:
@@ -99,18 +118,82 @@ class RunSettings(BaseModel):
                             timeout_s=self.llm_timeout_s, max_retries=self.llm_max_retries)
         return AgentModels(default=default, roles=self.llm_roles)
 
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
     def context(self, models: AgentModels | None) -> Context:
         """The run's Context. Models given while none are configured are the embedded local model's: the
         Context records which one, so `capnas resume` can serve it again (its port dies with the process)."""
         embedded = models is not None and self.models() is None
-        return Context(workspace=self.run_dir, generation=self.generation, models=models, device=self.resolved_device(),
-                       threads=self.threads, k_snippets=self.k_snippets, max_repairs=self.max_repairs, seed=self.seed,
-                       confirm_task=self.confirm, concurrency=self.concurrency, executor=self.executor,
-                       ray_address=self.ray_address, extra={"embedded_model": self.embedded_model} if embedded else {})
+        return Context(**{k: getattr(self, k) for k in CONTEXT_KEYS}, models=models, confirm_task=self.confirm,
+                       extra={"embedded_model": self.embedded_model} if embedded else {})
+
+
+RunSettings = create_model(
+    "RunSettings",
+    __base__=_RunSettingsBase,
+    __doc__="Every setting of a run, flat: the config file's keys and the flags of `capnas run`.",
+    **_copied(Task, TASK_KEYS), **_copied(Budgets, BUDGET_KEYS), **_copied(Context, CONTEXT_KEYS),
+    **_copied(AppSettings, APP_KEYS), confirm=(bool, copy.deepcopy(CONFIRM_FIELD[1])),
+)
+
+
+def _read_config(config: Path) -> dict[str, Any]:
+    if not config.is_file():
+        raise SettingsError(f"--config {config}: no such file")
+    kind = "JSON" if config.suffix == ".json" else "YAML"
+    try:
+        text = config.read_text()
+        data = (json.loads(text) if kind == "JSON" else yaml.safe_load(text)) or {}
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise SettingsError(f"config file {config} is not valid {kind} ({first}); write one `key: value` per line") from None
+    except OSError as err:
+        raise SettingsError(f"config file {config} cannot be read: {err.strerror}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {config} must hold a mapping of settings (key: value), "
+                            f"got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _explain(err: ValidationError, config: Path | None, flags: dict[str, Any], data: dict[str, Any]) -> str:
+    """One line naming each bad value: the flag when it came from the command line, else the config key."""
+    problems = []
+    for e in err.errors():
+        key = str(e["loc"][-1]) if e["loc"] else ""  # a Task or Budgets field has the same name as the setting
+        if e["type"] == "extra_forbidden":
+            known = ", ".join(k for k in RunSettings.model_fields)
+            problems.append(f"config file {config}: unknown key {key!r}; known keys: {known}")
+            continue
+        if not key:  # a rule between settings: its message names them
+            problems.append(f"{'config file ' + str(config) if config else 'settings'}: {_allowed(key, e)}")
+            continue
+        where = f"{flag(key)} {data.get(key)!r}" if key in flags else f"config file {config}: {key}: {data.get(key)!r}"
+        problems.append(f"{where}: {_allowed(key, e)}")
+    return "; ".join(problems)
+
+
+def _allowed(key: str, e: dict[str, Any]) -> str:
+    """Pydantic's message, with the allowed range spelled out for numbers."""
+    info = RunSettings.model_fields.get(key)
+    if info is not None and e["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return "must be " + bounds_text(info)
+    return e["msg"].removeprefix("Value error, ")
+
+
+def bounds_text(info: FieldInfo) -> str:
+    """A field's numeric bounds in words: `>= 1000 and <= 10000000000`."""
+    parts = []
+    for m in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                parts.append(f"{sign} {getattr(m, attr):,}" if isinstance(getattr(m, attr), int) else f"{sign} {getattr(m, attr)}")
+    return " and ".join(parts)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, made from the declarations (a test keeps the README equal to it):
+    `python -c "from capnas.settings import markdown_table; print(markdown_table())"`."""
+    rows = ["| key | flag | default | meaning |", "|---|---|---|---|"]
+    for key, info in RunSettings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        where = "(config only)" if key in NO_FLAG else f"`{flag(key)}`"
+        rows.append(f"| `{key}` | {where} | `{default!r}` | {info.description} |")
+    return "\n".join(rows)

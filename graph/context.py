@@ -1,51 +1,71 @@
 """Runtime settings of a run: what LangGraph passes to every node as `runtime.context`. Never checkpointed
-(it may name endpoints and key variables); the CLI stores a secret-free copy in the journal for `resume`."""
+(it may name endpoints and key variables); the CLI stores a secret-free copy in the journal for `resume`.
+
+A pydantic model, so a served graph (LangGraph Server, Studio) that receives the context as JSON gets it
+validated and typed (`models` included) the same way `capnas run` does. These fields are the declaration of
+every runtime setting: `capnas.settings` derives the run flags and config keys from them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from capnas.agents.llm import AgentModels
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from capnas.agents.llm_config import AgentModels
 
 Generation = Literal["code", "spec", "random"]
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-@dataclass
-class Context:
-    workspace: str = ".capnas"  # journal, checkpoints and artifacts live here
-    generation: Generation = "spec"
-    models: AgentModels | None = None  # per-role LLM endpoints; None: no LLM (random mode, defaults)
-    device: str = "cpu"
-    threads: int | None = None  # torch CPU threads inside training jobs (None: torch's default)
-    k_snippets: int = 2  # component snippets the coder is shown
-    max_repairs: int = 2  # coder repair rounds per candidate after contract violations
-    seed: int = 0
-    confirm_task: bool = False  # interrupt after planning so a person can confirm or edit the task
-    concurrency: int = 1  # candidates per round, validated and trained at once
-    executor: Literal["local", "ray"] = "local"  # where sandboxed jobs run: child processes here, or Ray tasks
-    ray_address: str | None = None  # an existing Ray cluster (None: a local Ray instance)
-    extra: dict = field(default_factory=dict)  # free-form settings for integrations
+class Context(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = Field(".capnas", min_length=1, description="workspace: journal, checkpoints, artifacts, reports, log")
+    generation: Generation = Field("spec", description="code (the LLM writes the module), spec (it fills an "
+                                                       "architecture spec) or random (no LLM: the baseline)")
+    models: AgentModels | None = Field(None, description="per-role LLM endpoints; none: no LLM (random mode)")
+    device: str = Field("auto", validate_default=True, description="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads per training job "
+                                                                 "(default: the cores shared by a round's jobs)")
+    k_snippets: int = Field(2, ge=0, le=10, description="component snippets the coder is shown")
+    max_repairs: int = Field(2, ge=0, le=10, description="repair rounds per candidate after contract violations")
+    seed: int = Field(0, ge=0, description="seed of random generation and training")
+    confirm_task: bool = Field(False, description="stop after planning so a person confirms the task (chat)")
+    concurrency: int = Field(2, ge=1, le=64, description="candidates per round, validated and trained at once")
+    executor: Literal["local", "ray"] = Field("local", description="local (sandboxed child processes) or ray "
+                                                                   "(the same jobs as Ray tasks)")
+    ray_address: str | None = Field(None, description="Ray cluster address for --executor ray (none: a local instance)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="free-form settings for integrations")
+
+    @field_validator("device")
+    @classmethod
+    def _resolve_device(cls, value: str, info: ValidationInfo) -> str:
+        """`auto` becomes the device this process can use, once, so every node and job reads a real one
+        (unless only checking settings: `context={"check_only": True}`)."""
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"unknown device {value!r}; use cpu, cuda, cuda:N or auto")
+        if value != "auto" or (info.context or {}).get("check_only"):
+            return value
+        import torch  # only when asked to choose: `capnas --help` and settings checks stay fast
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def to_record(self) -> dict:
         """A secret-free description for the journal: endpoints and model names, never keys."""
+        record = self.model_dump(mode="json", exclude={"models"})
         models = None
         if self.models is not None:
             models = self.models.model_dump(mode="json")
             for config in [models["default"], *models.get("roles", {}).values()]:
                 config.pop("api_key", None)
-        return {
-            "workspace": self.workspace, "generation": self.generation, "device": self.device, "threads": self.threads,
-            "k_snippets": self.k_snippets, "max_repairs": self.max_repairs, "seed": self.seed,
-            "confirm_task": self.confirm_task, "concurrency": self.concurrency, "executor": self.executor,
-            "ray_address": self.ray_address, "models": models, "extra": self.extra,
-        }
+        return {**record, "models": models}
 
     @classmethod
-    def from_record(cls, record: dict, models: AgentModels | None) -> "Context":
-        """The Context `to_record` described, with `models` (keys come from the environment, not the journal)."""
-        fields = {k: record[k] for k in ("workspace", "generation", "device", "threads", "k_snippets",
-                                          "max_repairs", "seed", "confirm_task", "concurrency", "executor", "ray_address",
-                                          "extra") if k in record}
+    def from_record(cls, record: dict, models: AgentModels | None) -> Context:
+        """The Context `to_record` described, with `models` (keys come from the environment, not the journal).
+        Records of older runs named the run dir `workspace`."""
+        fields = {k: record[k] for k in cls.model_fields if k in record and k != "models"}
+        if "workspace" in record and "run_dir" not in record:
+            fields["run_dir"] = record["workspace"]
         return cls(**fields, models=models)
-

@@ -460,7 +460,7 @@ def reporter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     status = "finished" if reason in ("max_candidates", "critic", "finished", "stopped_by_user") else "stopped"
     board = svc.journal.leaderboard(svc.run_id, svc.task.objective)
     best = {"candidate_id": board[0].candidate_id, "metrics": board[0].metrics} if board else None
-    write_run_summary(svc.journal, svc.run_id, svc.task.objective, Path(runtime.context.workspace) / "runs" / svc.run_id)
+    write_run_summary(svc.journal, svc.run_id, svc.task.objective, Path(runtime.context.run_dir) / "runs" / svc.run_id)
     svc.journal.set_run_status(svc.run_id, status, reason)
     _emit(runtime, "done", status=status, stop_reason=reason, best=best)
     return {"status": status, "best": best, "stop_reason": reason}

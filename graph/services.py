@@ -18,9 +18,9 @@ from capnas.contracts.contract import Contract
 from capnas.graph.context import Context
 from capnas.graph.journal import Journal
 from capnas.tools.data.caption_dataset import CaptionDataset
-from capnas.tools.data.datasets import load_dataset
+from capnas.tools.data.datasets import task_data
 from capnas.tools.jobs.executors import JobRunner, runner_for
-from capnas.tools.data.prepare import PreparedDataset, prepare_dataset
+from capnas.tools.data.prepare import PreparedDataset
 from capnas.tools.jobs.slots import Slots, job_threads
 from capnas.tools.task import Task
 
@@ -57,13 +57,16 @@ class RunServices:
         return build_role_models(self.ctx.models, self.ledger)
 
     @cached_property
-    def dataset(self) -> CaptionDataset:
-        return load_dataset(self.task.dataset, Path(self.task.images) if self.task.images else None)
+    def _data(self) -> tuple[CaptionDataset, PreparedDataset]:
+        return task_data(self.task)
 
-    @cached_property
+    @property
+    def dataset(self) -> CaptionDataset:
+        return self._data[0]
+
+    @property
     def prepared(self) -> PreparedDataset:
-        return prepare_dataset(self.dataset, image_size=self.task.image_size, max_len=self.task.max_len,
-                               min_count=self.task.min_count)
+        return self._data[1]
 
     @cached_property
     def contract(self) -> Contract:
@@ -93,12 +96,12 @@ class RunServices:
     @property
     def scratch_dir(self) -> Path:
         """Probe scratch inside the workspace (Ray workers on other nodes see the workspace, not this /tmp)."""
-        path = Path(self.ctx.workspace) / "scratch"
+        path = Path(self.ctx.run_dir) / "scratch"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def artifacts_dir(self, candidate_id: str) -> Path:
-        path = Path(self.ctx.workspace) / "runs" / self.run_id / candidate_id
+        path = Path(self.ctx.run_dir) / "runs" / self.run_id / candidate_id
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -109,8 +112,8 @@ _CACHE_LOCK = threading.Lock()
 
 def services_for(ctx: Context, run_id: str, task: dict[str, Any]) -> RunServices:
     """One RunServices per (workspace, run, task) in this process."""
-    key = (str(Path(ctx.workspace).resolve()), run_id, Task(**task).model_dump_json())
+    key = (str(Path(ctx.run_dir).resolve()), run_id, Task(**task).model_dump_json())
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = RunServices(ctx=ctx, run_id=run_id, task=Task(**task), journal=Journal(journal_path(ctx.workspace)))
+            _CACHE[key] = RunServices(ctx=ctx, run_id=run_id, task=Task(**task), journal=Journal(journal_path(ctx.run_dir)))
         return _CACHE[key]

@@ -141,17 +141,17 @@ class FakeRun:
 
     def __call__(self, ctx, task, requirement, run_id=None, on_event=None, on_interrupt=None) -> dict:
         self.on_interrupt = on_interrupt
-        journal = Journal(journal_path(ctx.workspace))
+        journal = Journal(journal_path(ctx.run_dir))
         journal.create_run(task, {"requirement": requirement}, run_id=run_id)
         self.answers.append(on_interrupt({"question": "confirm_task", "task": task}))
         assert self.answers[-1] != {}, "LangGraph reads Command(resume={}) as a map naming no interrupt"
         if self.answers[-1] is None:
-            return summarize(ctx.workspace, run_id)
+            return summarize(ctx.run_dir, run_id)
         task = self.answers[-1].get("task") or task
         on_event({"event": "task", "task": task})
         on_event({"event": "round", "round": 0, "plan": {"encoders": ["small_cnn"], "decoders": ["gru"]}})
         if self.gate and self.gate(journal, run_id) is False:
-            return summarize(ctx.workspace, run_id)  # the stream ended at an interrupt nobody answered
+            return summarize(ctx.run_dir, run_id)  # the stream ended at an interrupt nobody answered
         cid = f"{run_id}-r000"
         journal.add_candidate(run_id, "class Net: pass", round=0, mode="random", candidate_id=cid,
                               plan="small_cnn + gru")
@@ -161,7 +161,7 @@ class FakeRun:
         on_event({"event": "candidate", "candidate_id": cid, "status": "trained", "metrics": {"cider": 0.25}})
         journal.set_run_status(run_id, "finished", "max_candidates")
         on_event({"event": "done", "status": "finished", "stop_reason": "max_candidates", "best": None})
-        return summarize(ctx.workspace, run_id)
+        return summarize(ctx.run_dir, run_id)
 
 
 def _session(tmp_path: Path, steps, start, **settings) -> tuple[ChatSession, Console, ScriptedInput]:

@@ -149,7 +149,7 @@ def test_a_run_extracts_once_and_its_frozen_candidates_share_the_tokens(tmp_path
     task = Task(dataset="shapes:200", image_size=32, max_latency_ms=10_000, max_params=50_000_000,
                 families=["efficientnet_lite0", "gru"],
                 budgets=Budgets(max_candidates=3, epochs=1, train_time_s=60)).model_dump()
-    ctx = Context(workspace=str(tmp_path / "ws"), generation="random", threads=1, concurrency=2, seed=13)
+    ctx = Context(run_dir=str(tmp_path / "ws"), generation="random", threads=1, concurrency=2, seed=13)
     summary = runner.start(ctx, task, run_id="frozen")
 
     assert summary["status"] == "finished" and summary["candidates"] == 3

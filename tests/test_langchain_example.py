@@ -80,7 +80,7 @@ def test_graph_streams_updates_and_progress_through_langgraph_apis(tmp_path: Pat
     graph = build_graph(checkpointer=InMemorySaver())
     task = Task(dataset="shapes:200", image_size=32, max_latency_ms=10_000,
                 budgets=Budgets(max_candidates=1, epochs=1, train_time_s=20)).model_dump()
-    context = Context(workspace=str(tmp_path / "ws"), generation="random", threads=1, seed=7)
+    context = Context(run_dir=str(tmp_path / "ws"), generation="random", threads=1, seed=7)
     config = {"configurable": {"thread_id": "streamed"}}
     updates, custom = [], []
     namespaces = set()

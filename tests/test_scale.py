@@ -73,7 +73,7 @@ def test_the_ray_executor_runs_the_same_jobs_as_ray_tasks(tmp_path: Path) -> Non
     # Families named by the task bind random draws too: two small_cnn + gru candidates, quick and valid.
     task = Task(dataset=SMALL["dataset"], image_size=32, max_latency_ms=10_000, max_params=50_000_000,
                 families=["small_cnn", "gru"], budgets=Budgets(max_candidates=2, epochs=1, train_time_s=20)).model_dump()
-    ctx = Context(workspace=str(tmp_path / "ws"), generation="random", threads=1, concurrency=2, executor="ray", seed=1)
+    ctx = Context(run_dir=str(tmp_path / "ws"), generation="random", threads=1, concurrency=2, executor="ray", seed=1)
     events: list[dict] = []
     try:
         summary = runner.start(ctx, task, run_id="onray", on_event=events.append)

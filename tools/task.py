@@ -1,26 +1,63 @@
 """The typed `Task`: what one design run is asked to do. The planner fills it from free text, a person
-confirms it, and every job below reads its settings from it (never from prompts)."""
+confirms it, and every job below reads its settings from it (never from prompts).
+
+These fields are the declaration of every task setting: name, type, bounds, default and help live here once.
+`capnas run`'s flags, its config keys and the README's table are derived from them (`capnas.settings`), so
+`Task()` (what LangGraph Server and `build_graph` users get) is exactly what `capnas run` runs with no flags.
+A unit that is not minutes is in the field's name (`_s`, `_ms`, `_usd`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from capnas.tools.design.components import decoders, encoders
 
 Metric = Literal["cider", "bleu_4", "meteor", "rouge_l"]
+
+
+def is_synthetic(dataset: str) -> bool:
+    """The built-in `shapes` set (as opposed to a captions json of real images)."""
+    return dataset.strip().split(":", 1)[0] == "shapes"
+
+
+def default_image_size(dataset: str) -> int:
+    """Shapes are drawn to be legible at 32 px (4x cheaper to train than 64); photos get 224, the size the
+    pretrained encoders were trained at."""
+    return 32 if is_synthetic(dataset) else 224
+
+
+def default_min_count(dataset: str) -> int:
+    """Real captions: the usual threshold of 5 (Flickr8k: 2,538 words instead of 7,373 with every singleton);
+    the synthetic set's few words all occur often, so it keeps them all."""
+    return 1 if is_synthetic(dataset) else 5
+
+
+def family_names() -> tuple[list[str], list[str]]:
+    """(encoder families, decoder families) of the component library."""
+    return [c.name for c in encoders()], [c.name for c in decoders()]
 
 
 class Budgets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_candidates: int = Field(6, ge=1, le=1000, description="candidates generated in the whole run")
-    min_candidates: int = Field(0, ge=0, le=1000, description="trained candidates before the critic may end the search "
-                                                                "(small models tend to stop after the first result)")
-    time_budget: float = Field(15.0, gt=0, description="wall-clock minutes for the whole run")
-    epochs: int = Field(6, ge=1, le=500, description="training epochs per candidate (early stopping may end sooner)")
-    train_time_s: float = Field(120.0, gt=0, description="wall-clock seconds of training per candidate")
-    max_tokens: int | None = Field(None, gt=0, description="LLM tokens for the whole run")
-    max_cost_usd: float | None = Field(None, gt=0, description="LLM spending for the whole run")
+    max_candidates: int = Field(8, ge=1, le=1000, description="candidates generated in the whole run")
+    min_candidates: int = Field(5, ge=0, le=1000, description="trained candidates before the critic may end the "
+                                                              "search early (small models tend to stop after one)")
+    # Older journals wrote time_budget_min; they still resume.
+    time_budget: float = Field(14.0, gt=0, le=60 * 24 * 30, validation_alias=AliasChoices("time_budget", "time_budget_min"),
+                               description="minutes for the whole run (checked between candidates)")
+    epochs: int = Field(8, ge=1, le=500, description="max training epochs per candidate (early stopping may end sooner)")
+    train_time_s: float = Field(80.0, gt=0, description="seconds of training per candidate")
+    max_tokens: int | None = Field(None, gt=0, description="LLM token budget for the run (stops it cleanly)")
+    max_cost_usd: float | None = Field(None, gt=0, description="LLM money budget for the run (needs prices per role)")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Budgets:
+        if self.min_candidates > self.max_candidates:
+            raise ValueError(f"min_candidates ({self.min_candidates}) cannot exceed max_candidates ({self.max_candidates})")
+        return self
 
 
 class Task(BaseModel):
@@ -28,16 +65,38 @@ class Task(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field("shapes", description="shapes, shapes:N, or a path to a Karpathy/COCO captions json")
-    images: str | None = Field(None, description="image folder for a json dataset (default: images/ beside it)")
-    image_size: int = Field(64, ge=16, le=512, description="square input size the contract fixes")
-    max_len: int = Field(16, ge=4, le=64, description="caption length in tokens, BOS and EOS included")
-    min_count: int = Field(1, ge=1, description="minimum train-caption count for a word to enter the vocabulary")
-    max_params: int = Field(5_000_000, ge=1000, description="parameter budget per model")
-    max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the target device")
+    dataset: str = Field("shapes:3000", min_length=1, description="shapes, shapes:N, or a Karpathy/COCO captions json")
+    images: str | None = Field(None, description="image folder of a json dataset (default: images/ beside it)")
+    image_size: int | None = Field(None, ge=16, le=512, description="square input size in px the contract fixes "
+                                                                   "(default: 32 for shapes, 224 for photos)")
+    max_len: int = Field(28, ge=4, le=64, description="caption length in tokens, BOS and EOS included")
+    min_count: int | None = Field(None, ge=1, le=1000, description="train-caption count for a word to enter the "
+                                                                  "vocabulary (default: 1 for shapes, 5 for real captions)")
+    max_params: int = Field(5_000_000, ge=1000, le=10_000_000_000, description="parameter budget per model (frozen ones count)")
+    max_latency_ms: float = Field(200.0, gt=0, description="inference latency budget per image on the device")
     objective: Metric = Field("cider", description="validation metric the search maximizes")
-    families: list[str] = Field(default_factory=list, description="encoder/decoder families the person asked for, if any")
-    frozen_encoders: bool = Field(False, description="pretrained encoders stay frozen (their image tokens are "
-                                                     "computed once and shared by every job); the rest still train")
+    families: list[str] = Field(default_factory=list, description="encoder and decoder families to search "
+                                                                  "(default: all)")
+    frozen_encoders: bool = Field(False, description="keep pretrained encoders frozen (their tokens are computed "
+                                                     "once per dataset)")
     notes: str = Field("", description="anything else the person said that matters")
     budgets: Budgets = Field(default_factory=Budgets)
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str]) -> list[str]:
+        known_enc, known_dec = family_names()
+        known = known_enc + known_dec
+        if unknown := [f for f in value if f not in known]:
+            raise ValueError(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                             f"encoders: {', '.join(known_enc)}; decoders: {', '.join(known_dec)}")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _dataset_defaults(self) -> Task:
+        """Sizes that follow the data are filled in once, here, so every reader sees numbers."""
+        if self.image_size is None:
+            self.image_size = default_image_size(self.dataset)
+        if self.min_count is None:
+            self.min_count = default_min_count(self.dataset)
+        return self

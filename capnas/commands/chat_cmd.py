@@ -6,43 +6,40 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from capnas.commands.options import with_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def register(app: typer.Typer) -> None:
     @app.command("chat")
+    @with_settings(exclude=("requirement",))
     def chat(
+        settings: dict[str, Any],
         config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON run settings (as for `capnas run`)."),
-        llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint."),
-        llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name at that endpoint."),
-        llm_api_key_env: Optional[str] = typer.Option(None, "--llm-api-key-env", help="Env var holding the key."),
-        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Workspace for journal and artifacts."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="shapes, shapes:N, or a Karpathy/COCO json."),
-        generation: Optional[str] = typer.Option(None, "--generation", help="code | spec | random."),
         plain: bool = typer.Option(False, "--plain", help="Progress as lines, no live view (automatic without a TTY)."),
     ) -> None:
         """Talk to capnas: say what you need, confirm the task, watch the run; /help inside lists the commands.
 
         Ctrl-C or /quit never loses a run: `capnas resume RUN_ID` continues it."""
+        from capnas.settings import RunSettings, SettingsError
+
+        try:
+            settings = RunSettings.load(config, settings)
+        except SettingsError as err:
+            typer.echo(f"capnas chat: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        # (after the check: these import torch and langgraph, seconds)
         from rich.console import Console
 
         from capnas import runner
         from capnas.console import ChatSession
         from capnas.console.keys import KeyReader, LineReader
         from capnas.embedded import EmbeddedLLMError
-        from capnas.settings import RunSettings, SettingsError
-
-        overrides = dict(llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,
-                         run_dir=run_dir, dataset=dataset, generation=generation)
-        try:
-            settings = RunSettings.load(config, overrides)
-        except SettingsError as err:
-            typer.echo(f"capnas chat: {err}", err=True)
-            raise typer.Exit(EXIT_USAGE)
         _log_to_file(settings.run_dir)
         live = not plain and sys.stdin.isatty() and sys.stdout.isatty()
         echo = live or not sys.stdin.isatty()  # a terminal in line mode echoes by itself

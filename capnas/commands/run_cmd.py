@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import typer
 
+from capnas.commands.options import with_settings
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -127,43 +129,10 @@ def _finish(summary: dict[str, Any], json_mode: bool) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
+    @with_settings()
     def run(
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file; every flag below is a key."),
-        requirement: Optional[str] = typer.Option(None, "--requirement", help="What you need, in your words."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="shapes, shapes:N, or a Karpathy/COCO json."),
-        images: Optional[str] = typer.Option(None, "--images", help="Image folder for a json dataset."),
-        generation: Optional[str] = typer.Option(None, "--generation", help="code | spec | random."),
-        llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint."),
-        llm_model: Optional[str] = typer.Option(None, "--llm-model", help="Model name at that endpoint."),
-        llm_api_key_env: Optional[str] = typer.Option(None, "--llm-api-key-env", help="Env var holding the key."),
-        max_candidates: Optional[int] = typer.Option(None, "--max-candidates", help="Candidates in the whole run."),
-        min_candidates: Optional[int] = typer.Option(None, "--min-candidates",
-                                                     help="Trained candidates before the critic may stop the search."),
-        concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Candidates per round, trained at once."),
-        executor: Optional[str] = typer.Option(None, "--executor", help="local | ray: where sandboxed jobs run."),
-        ray_address: Optional[str] = typer.Option(None, "--ray-address",
-                                                  help="Ray cluster for --executor ray (default: a local instance)."),
-        time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Minutes for the whole run."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Max epochs per candidate."),
-        train_time_s: Optional[float] = typer.Option(None, "--train-time-s", help="Seconds of training per candidate."),
-        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="LLM token budget."),
-        max_cost_usd: Optional[float] = typer.Option(None, "--max-cost-usd", help="LLM money budget."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
-        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Workspace for journal and artifacts."),
-        seed: Optional[int] = typer.Option(None, "--seed"),
-        image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size the contract fixes."),
-        max_len: Optional[int] = typer.Option(None, "--max-len", help="Caption length in tokens, BOS/EOS included."),
-        max_params: Optional[int] = typer.Option(None, "--max-params", help="Parameter budget per model."),
-        max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency budget per image."),
-        frozen_encoders: Optional[bool] = typer.Option(None, "--frozen-encoders/--trained-encoders", help=(
-            "Keep pretrained encoders frozen: their image tokens are computed once and shared by every job.")),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per training job."),
-        k_snippets: Optional[int] = typer.Option(None, "--k-snippets", help="Component snippets the coder sees."),
-        max_repairs: Optional[int] = typer.Option(None, "--max-repairs", help="Repair rounds per candidate."),
-        llm_timeout_s: Optional[float] = typer.Option(None, "--llm-timeout-s", help="Seconds per LLM request."),
-        llm_max_retries: Optional[int] = typer.Option(None, "--llm-max-retries", help="Retries on 429/5xx/timeouts."),
-        embedded_model: Optional[str] = typer.Option(None, "--embedded-model",
-                                                     help="Local model when no endpoint is given."),
+        settings: dict[str, Any],
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file; every run setting is a key."),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Name the run (default: time and a random suffix)."),
         report: bool = typer.Option(True, "--report/--no-report",
                                     help="Write the HTML report and export the best model at the end."),
@@ -172,21 +141,17 @@ def register(app: typer.Typer) -> None:
         """Run a design search headless; resumable with `capnas resume RUN_ID`.
 
         Exit status: 0 finished or stopped on a budget, 1 the run failed (resume it), 2 bad options or config."""
-        from capnas import runner
         from capnas.settings import RunSettings, SettingsError
 
-        overrides = dict(requirement=requirement, dataset=dataset, images=images, generation=generation,
-                         llm_base_url=llm_base_url, llm_model=llm_model, llm_api_key_env=llm_api_key_env,
-                         max_candidates=max_candidates, min_candidates=min_candidates, concurrency=concurrency,
-                         executor=executor, ray_address=ray_address, time_budget=time_budget, epochs=epochs, train_time_s=train_time_s,
-                         max_tokens=max_tokens, max_cost_usd=max_cost_usd, device=device, run_dir=run_dir, seed=seed,
-                         image_size=image_size, max_len=max_len, max_params=max_params, max_latency_ms=max_latency_ms,
-                         frozen_encoders=frozen_encoders, threads=threads, k_snippets=k_snippets, max_repairs=max_repairs, llm_timeout_s=llm_timeout_s,
-                         llm_max_retries=llm_max_retries, embedded_model=embedded_model)
         try:
-            settings = RunSettings.load(config, overrides)
+            settings = RunSettings.load(config, settings)
         except SettingsError as err:
             typer.echo(f"capnas run: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        from capnas import runner  # (after the check: it imports torch and langgraph, seconds)
+        if run_id is not None and runner.run_exists(settings.run_dir, run_id):
+            typer.echo(f"capnas run: --run-id {run_id}: that run already exists in {settings.run_dir}; "
+                       f"continue it with `capnas resume {run_id}` or choose another id", err=True)
             raise typer.Exit(EXIT_USAGE)
         _log_to_file(settings.run_dir)
         with _llm(settings.models(), settings.generation, settings.embedded_model) as (models, llm_line):
@@ -213,7 +178,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue a run after a crash, without redoing finished candidates."""
         from capnas import runner
+        from capnas.graph.services import journal_path
 
+        if not journal_path(run_dir).is_file():
+            typer.echo(f"capnas resume: --run-dir {run_dir}: no journal there (the workspace `capnas run` wrote; "
+                       "see `capnas runs --run-dir DIR`)", err=True)
+            raise typer.Exit(EXIT_USAGE)
         try:
             embedded = runner.recorded_context(run_dir, run_id).extra.get("embedded_model")
             with _llm(None, "spec" if embedded else "random", embedded) as (models, llm_line):

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from capnas.sandbox import prepared as prepared_format
-from capnas.tools.data.datasets import DatasetError, load_dataset, prepare_dataset
+from capnas.tools.data.datasets import DatasetError, task_data
 from capnas.tools.jobs.training import JOB_DIR, RESULT_FILE, VAL_CAPTIONS_FILE
 from capnas.tools.scoring.evaluation import split_references
+from capnas.tools.task import Task
 
 # -- one read of a run, for the reports ---------------------------------------------------------------------
 
@@ -160,12 +161,9 @@ class RunData:
     def _data(self) -> tuple[Any, Any, str | None]:
         """(CaptionDataset, PreparedDataset, None) or (None, None, why not). Preparing is a cache lookup when
         the run's cache still exists (else it is rebuilt from the dataset, as the run built it)."""
-        task = self.task
         try:
-            dataset = load_dataset(task.get("dataset", "shapes"), Path(task["images"]) if task.get("images") else None)
-            prepared = prepare_dataset(dataset, image_size=task.get("image_size", 64), max_len=task.get("max_len", 16),
-                                       min_count=task.get("min_count", 1))
-        except (DatasetError, OSError, ValueError) as e:
+            dataset, prepared = task_data(Task(**self.task))
+        except (DatasetError, OSError, ValueError) as e:  # (a pydantic ValidationError is a ValueError)
             return None, None, f"the run's dataset is not available here: {e}"
         return dataset, prepared, None
 
