@@ -29,7 +29,8 @@ def design(on_event=None, **settings: Any) -> dict[str, Any]:
     Raises `capnas.settings.SettingsError` naming a bad setting before anything starts."""
     s = RunSettings.load(None, settings)
     with runner.run_models(s.models(), s.generation, s.embedded_model) as (models, _):
-        return runner.start(s.context(models), s.task().model_dump(), s.requirement, on_event=on_event)
+        return runner.start(s.context(models), s.task().model_dump(), s.requirement, on_event=on_event,
+                            baseline=s.baseline)
 
 
 def as_tool(**defaults: Any) -> StructuredTool:

@@ -16,8 +16,10 @@ from langgraph.types import Command
 from capnas.agents.llm import AgentModels
 from capnas.graph.build import build_graph
 from capnas.graph.context import Context
+from capnas.graph.final_test import recorded as recorded_test
+from capnas.graph.final_test import score_best_on_test
 from capnas.graph.journal import Journal
-from capnas.graph.services import checkpoints_path, journal_path
+from capnas.graph.services import checkpoints_path, journal_path, services_for
 from capnas.sandbox.job import CANDIDATE_FILE
 from capnas.tools.jobs.training import JOB_DIR
 
@@ -109,16 +111,52 @@ def drive(workspace: str | Path, run_id: str, ctx: Context, first_input: Any,
 
 
 def start(ctx: Context, task: dict[str, Any], requirement: str = "", run_id: str | None = None,
-          on_event: OnEvent | None = None, on_interrupt: OnInterrupt | None = None) -> dict[str, Any]:
+          on_event: OnEvent | None = None, on_interrupt: OnInterrupt | None = None,
+          baseline: str | None = None) -> dict[str, Any]:
     """A new run. It is in the journal before the graph takes its first step, so a crash at any point after
-    this call returns leaves a run that `resume` can continue."""
+    this call returns leaves a run that `resume` can continue. `baseline="random"`: when the run has ended, a
+    sibling run searches with `random` generation under the same budget (`with_baseline`)."""
     run_id = run_id or new_run_id()
     journal = Journal(journal_path(ctx.run_dir))
     if journal.get_run(run_id) is not None:
         raise RunError(f"run {run_id!r} already exists in {journal.path}; continue it with `capnas resume {run_id}`",
                        usage=True)
-    journal.create_run(task, {**ctx.to_record(), "requirement": requirement}, run_id=run_id)
-    return drive(ctx.run_dir, run_id, ctx, _first_input(run_id, task, requirement), on_event, on_interrupt)
+    if baseline:
+        ctx = ctx.model_copy(update={"final_test": False})  # both arms are scored on test after both have ended
+    journal.create_run(task, {**ctx.to_record(), "requirement": requirement, "baseline": baseline}, run_id=run_id)
+    summary = drive(ctx.run_dir, run_id, ctx, _first_input(run_id, task, requirement), on_event, on_interrupt)
+    return with_baseline(ctx, run_id, summary, on_event) if baseline else summary
+
+
+def baseline_id(run_id: str) -> str:
+    return f"{run_id}-random"
+
+
+def with_baseline(ctx: Context, run_id: str, summary: dict[str, Any], on_event: OnEvent | None = None) -> dict[str, Any]:
+    """The equal-budget random arm of a finished guided run, then the test split for the best of each.
+
+    The random arm is a sibling run in the same journal: the guided run's final task (the data, families and
+    sizes the planner settled on, the same training time and epochs per candidate, the same seed) with as
+    many candidates as the guided run generated. Only when both arms have ended is each arm's val-chosen best
+    scored on test, once. Resumable: a crash in the random arm is continued by `capnas resume RUN_ID`."""
+    if summary["status"] not in ("finished", "stopped"):
+        return summary  # the guided arm did not end (failed or paused): nothing to compare yet
+    journal = Journal(journal_path(ctx.run_dir))
+    guided_task = journal.get_run(run_id)["task"]
+    base_id = baseline_id(run_id)
+    base_ctx = ctx.model_copy(update={"generation": "random", "models": None, "final_test": False,
+                                      "confirm_task": False, "extra": {"baseline_of": run_id}})
+    base_run = journal.get_run(base_id)
+    if base_run is None:
+        task = {**guided_task, "budgets": {**guided_task["budgets"], "max_candidates": max(1, summary["candidates"]),
+                                            "min_candidates": 0}}
+        journal.create_run(task, {**base_ctx.to_record(), "requirement": ""}, run_id=base_id)
+        drive(ctx.run_dir, base_id, base_ctx, _first_input(base_id, task, ""), on_event)
+    elif base_run["status"] not in ("finished", "stopped"):
+        resume(ctx.run_dir, base_id, on_event=on_event)
+    for arm_id, arm_ctx in ((run_id, ctx), (base_id, base_ctx)):
+        score_best_on_test(services_for(arm_ctx, arm_id, journal.get_run(arm_id)["task"]))
+    return {**summarize(ctx.run_dir, run_id), "baseline": summarize(ctx.run_dir, base_id)}
 
 
 def _first_input(run_id: str, task: dict[str, Any], requirement: str) -> dict[str, Any]:
@@ -142,13 +180,16 @@ def resume(workspace: str | Path, run_id: str, models: AgentModels | None = None
         snapshot = graph.get_state({"configurable": {"thread_id": run_id}})
     if not snapshot.values:  # the crash came before the graph's first checkpoint: start it over
         first = _first_input(run_id, run["task"], record.get("requirement", ""))
-        return drive(workspace, run_id, ctx, first, on_event, on_interrupt)
-    if not snapshot.next:
-        return summarize(workspace, run_id)  # already finished
-    journal.set_run_status(run_id, "running")
-    if journal.paused(run_id):  # whoever paused it is gone (resuming is asking to go on)
-        journal.request(run_id, "resume")
-    return drive(workspace, run_id, ctx, None, on_event, on_interrupt)
+        summary = drive(workspace, run_id, ctx, first, on_event, on_interrupt)
+        return with_baseline(ctx, run_id, summary, on_event) if record.get("baseline") else summary
+    if snapshot.next:
+        journal.set_run_status(run_id, "running")
+        if journal.paused(run_id):  # whoever paused it is gone (resuming is asking to go on)
+            journal.request(run_id, "resume")
+        summary = drive(workspace, run_id, ctx, None, on_event, on_interrupt)
+    else:
+        summary = summarize(workspace, run_id)  # the graph had finished
+    return with_baseline(ctx, run_id, summary, on_event) if record.get("baseline") else summary
 
 
 def recorded_context(workspace: str | Path, run_id: str) -> Context:
@@ -170,10 +211,13 @@ def summarize(workspace: str | Path, run_id: str) -> dict[str, Any]:
     best = None
     if board:
         top = board[0]
+        test = recorded_test(journal, run_id)
         best = {"candidate_id": top.candidate_id, "metrics": top.metrics,
+                "test_metrics": test["metrics"] if test and test["candidate_id"] == top.candidate_id else None,
                 "code_path": str(Path(top.artifacts) / JOB_DIR / CANDIDATE_FILE) if top.artifacts else None}
     return {
         "run_id": run_id,
+        "generation": (run.get("config") or {}).get("generation"),
         "status": run.get("status", "unknown"),
         "stop_reason": run.get("stop_reason"),
         "candidates": len(cands),
@@ -182,4 +226,19 @@ def summarize(workspace: str | Path, run_id: str) -> dict[str, Any]:
         "best": best,
         "tokens": int(sum((u["input_tokens"] or 0) + (u["output_tokens"] or 0) for u in usage.values())),
         "cost_usd": round(sum(u["cost_usd"] or 0.0 for u in usage.values()), 6),
+        "wall_s": round(run["updated_at"] - run["created_at"], 1) if run else None,
     }
+
+
+def compare(workspace: str | Path, run_a: str, run_b: str) -> tuple[Any, Any]:
+    """Two runs of a workspace as `capnas.tools.report.compare.Arm`s (ranked by the first run's objective)."""
+    from capnas.tools.report.compare import arm
+
+    journal = Journal(journal_path(workspace))
+    runs = {rid: journal.get_run(rid) for rid in (run_a, run_b)}
+    if missing := [rid for rid, run in runs.items() if run is None]:
+        known = ", ".join(r["run_id"] for r in journal.list_runs()[:5]) or "none"
+        raise RunError(f"no run {', '.join(map(repr, missing))} in {journal.path} (recent runs: {known})", usage=True)
+    objective = (runs[run_a].get("task") or {}).get("objective", "cider")
+    return tuple(arm(summarize(workspace, rid), [c.to_dict() for c in journal.candidates(rid)],
+                     runs[rid]["created_at"], objective) for rid in (run_a, run_b))

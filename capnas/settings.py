@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -42,6 +42,9 @@ class AppSettings(BaseModel):
     llm_max_retries: int = Field(2, ge=0, le=20, description="retries on 429, 5xx and timeouts (with backoff)")
     embedded_model: str = Field("qwen2.5-coder-0.5b", min_length=1,
                                 description="local model served when no endpoint is given")
+    baseline: Literal["random"] | None = Field(None, description="random: when the search ends, also search with "
+                                                                   "random generation under the same budget, as a "
+                                                                   "sibling run, and compare them")
     llm_roles: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                  description="per-role overrides, e.g. coder: {model: ...}")
 

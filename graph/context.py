@@ -36,6 +36,8 @@ class Context(BaseModel):
     executor: Literal["local", "ray"] = Field("local", description="local (sandboxed child processes) or ray "
                                                                    "(the same jobs as Ray tasks)")
     ray_address: str | None = Field(None, description="Ray cluster address for --executor ray (none: a local instance)")
+    final_test: bool = Field(True, description="score the val-chosen best model once on the test split when the "
+                                               "search ends (a run with a baseline scores both arms after both end)")
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form settings for integrations")
 
     @field_validator("device")

@@ -18,6 +18,7 @@ from langgraph.types import Command, interrupt
 from capnas.agents import coder, critic, planner
 from capnas.agents.usage import BudgetExceeded, cost_usd
 from capnas.graph.context import Context
+from capnas.graph.final_test import score_best_on_test
 from capnas.graph.journal import Candidate, normalized_code_hash
 from capnas.graph.routing import after_validation
 from capnas.graph.services import RunServices, services_for
@@ -460,6 +461,9 @@ def reporter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     status = "finished" if reason in ("max_candidates", "critic", "finished", "stopped_by_user") else "stopped"
     board = svc.journal.leaderboard(svc.run_id, svc.task.objective)
     best = {"candidate_id": board[0].candidate_id, "metrics": board[0].metrics} if board else None
+    if runtime.context.final_test and best is not None:  # the search has ended: the test split may be read now
+        _emit(runtime, "candidate", candidate_id=best["candidate_id"], status="testing")
+        best["test_metrics"] = (score_best_on_test(svc) or {}).get("metrics")
     write_run_summary(svc.journal, svc.run_id, svc.task.objective, Path(runtime.context.run_dir) / "runs" / svc.run_id)
     svc.journal.set_run_status(svc.run_id, status, reason)
     _emit(runtime, "done", status=status, stop_reason=reason, best=best)

@@ -114,13 +114,20 @@ def _finish(summary: dict[str, Any], json_mode: bool) -> None:
     else:
         from rich.console import Console
 
-        best = summary["best"]
         line = f"run {summary['run_id']}: {summary['status']} ({summary.get('stop_reason')}), " \
                f"{summary['candidates']} candidates, {summary['valid']} valid, {summary['trained']} trained"
         Console().print(line)
-        if best:
-            Console().print(f"best {best['candidate_id']}: " + " ".join(
+        for arm in (summary, summary.get("baseline")):
+            best = (arm or {}).get("best")
+            if not best:
+                continue
+            Console().print(f"best of {arm['run_id']} ({arm.get('generation')}) {best['candidate_id']}: val " + " ".join(
                 f"{k}={v:.3f}" for k, v in (best["metrics"] or {}).items() if isinstance(v, float)))
+            if best.get("test_metrics"):
+                Console().print("  test (scored once, after the search) " + " ".join(
+                    f"{k}={v:.3f}" for k, v in best["test_metrics"].items() if isinstance(v, float)))
+        if summary.get("baseline"):
+            Console().print(f"compare them: capnas compare {summary['run_id']}")
         for what, path in (summary.get("report") or {}).items():
             if path:
                 Console().print(f"{what.replace('_', ' ')}: {path}")
@@ -160,7 +167,7 @@ def register(app: typer.Typer) -> None:
             run_id = run_id or runner.new_run_id()
             try:
                 summary = runner.start(ctx, settings.task().model_dump(), settings.requirement, run_id=run_id,
-                                       on_event=_progress_printer(json_out))
+                                       on_event=_progress_printer(json_out), baseline=settings.baseline)
             except KeyboardInterrupt:
                 _interrupted(run_id, settings.run_dir)
             except runner.RunError as err:
@@ -221,6 +228,41 @@ def register(app: typer.Typer) -> None:
             table.add_row(r["run_id"], r["status"], str(r["candidates"]), str(r["trained"]),
                           best.get("candidate_id", "-"), f"{(best.get('metrics') or {}).get('cider', float('nan')):.3f}")
         Console().print(table)
+
+    @app.command("compare")
+    def compare(
+        run_a: str = typer.Argument(..., help="The first run (say, a guided search)."),
+        run_b: Optional[str] = typer.Argument(None, help="The second run (default: RUN_A's random baseline)."),
+        run_dir: str = typer.Option(".capnas", "--run-dir", help="Workspace holding the runs."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Two runs side by side: each best (chosen on val) with its val and test metrics, what each spent, and
+        one sentence of what it means. `capnas compare RUN` compares a run with its `--baseline random` arm."""
+        from capnas.graph.services import journal_path
+
+        if not journal_path(run_dir).is_file():
+            typer.echo(f"capnas compare: --run-dir {run_dir}: no journal there (start one with `capnas run`)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        from capnas import runner
+        from capnas.tools.report.compare import as_json, comparison_table, verdict
+
+        try:
+            a, b = runner.compare(run_dir, run_a, run_b or runner.baseline_id(run_a))
+        except runner.RunError as err:
+            typer.echo(f"capnas compare: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        if json_out:
+            typer.echo(json.dumps(as_json(a, b)))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        rows = comparison_table(a, b)
+        table = Table(*rows[0])
+        for row in rows[1:]:
+            table.add_row(*row)
+        Console().print(table)
+        Console().print(verdict(a, b))
 
     @app.command("leaderboard")
     def leaderboard(
