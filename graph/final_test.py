@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from capnas.graph.journal import Journal
+from capnas.graph.journal import TEST_SCORED, Journal
 from capnas.graph.services import RunServices
 from capnas.tools.jobs.training import RESULT_FILE, TrainResult, score_test
 
-EVENT = "test_scored"
+EVENT = TEST_SCORED
 
 
 def recorded(journal: Journal, run_id: str) -> dict[str, Any] | None:

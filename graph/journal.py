@@ -369,6 +369,8 @@ class Journal:
         return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
 
 
+TEST_SCORED = "test_scored"  # the event of a run's one test-split score (`capnas.graph.final_test`)
+
 CONTROL_ACTIONS = ("stop", "pause", "resume", "budget")
 
 CANDIDATE_COLUMNS = {

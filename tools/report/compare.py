@@ -48,6 +48,25 @@ def arm(summary: dict[str, Any], candidates: list[dict[str, Any]], run_started_a
                cost_usd=summary.get("cost_usd", 0.0), wall_s=summary.get("wall_s"), progress=progress)
 
 
+def arm_from_record(record: Any) -> Arm:
+    """An Arm from a report's `RunRecord` (the journal's rows of one run, read by the CLI)."""
+    run, objective = record.run, (record.run.get("task") or {}).get("objective", "cider")
+    by_id = {c["candidate_id"]: c for c in record.candidates}
+    top = by_id.get(record.leaderboard[0]) if record.leaderboard else None
+    test = record.test if record.test and top and record.test.get("candidate_id") == top["candidate_id"] else None
+    usage = record.usage.values()
+    summary = {
+        "run_id": run["run_id"], "generation": (run.get("config") or {}).get("generation"),
+        "candidates": len(record.candidates), "trained": sum(c.get("status") == "trained" for c in record.candidates),
+        "best": {"candidate_id": top["candidate_id"], "metrics": top.get("metrics"),
+                 "test_metrics": (test or {}).get("metrics")} if top else None,
+        "tokens": int(sum((u.get("input_tokens") or 0) + (u.get("output_tokens") or 0) for u in usage)),
+        "cost_usd": sum(u.get("cost_usd") or 0.0 for u in usage),
+        "wall_s": round(run["updated_at"] - run["created_at"], 1) if "updated_at" in run else None,
+    }
+    return arm(summary, record.candidates, run.get("created_at") or 0.0, objective)
+
+
 def verdict(a: Arm, b: Arm) -> str:
     """One plain sentence: which arm's best scored higher, on test when both were scored (else on val), by how
     much, and how little one pair of runs can say."""
@@ -57,7 +76,7 @@ def verdict(a: Arm, b: Arm) -> str:
         split, va, vb = "val", a.best_val.get(key), b.best_val.get(key)
     if va is None or vb is None:
         return f"No comparison yet: {a.label if va is None else b.label} has no trained candidate."
-    name = key.upper() if key == "cider" else key.replace("_", "-").upper()
+    name = {"cider": "CIDEr", "bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L"}.get(key, key)
     ratio = f" ({va / vb:.2f}x)" if vb > 0 else ""
     if abs(va - vb) < 1e-9:
         head = f"Both arms' best models scored {name} {va:.3f} on {split}"

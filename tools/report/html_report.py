@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capnas.tools.report.model_card import METRIC_NAMES, fmt_int, fmt_metric
+from capnas.tools.report.compare import comparison_table, verdict
 from capnas.tools.report.run_data import RunData, curve_points
 from capnas.tools.report.summary import METRIC_KEYS
 from capnas.tools.report.svg_chart import Series, chart
@@ -75,6 +76,7 @@ def write_html_report(data: RunData, path: Path, card: Any = None) -> Path:
 def render_html(data: RunData, card: Any = None) -> str:
     sections = [
         _header(data),
+        *([_section("Guided against random", _comparison(data))] if data.comparison else []),
         _section("Leaderboard", _leaderboard(data)),
         _section("Learning curves", _curves(data)),
         _section("Validation images of the best models", _grids(data)),
@@ -186,6 +188,30 @@ def _progress(data: RunData) -> str:
                 attrs={"data-plot": "progress"})
     return (f'<figure class="progress">{svg}<figcaption>Validation {_e(name)} of each candidate in the order it '
             "was made; the line is the best so far.</figcaption></figure>")
+
+
+def _comparison(data: RunData) -> str:
+    """The run beside its equal-budget random arm: the verdict, both bests' val and test metrics and spending,
+    and the best-so-far val objective of each against candidates trained and against wall time."""
+    a, b = data.comparison
+    rows = comparison_table(a, b)
+    head = "".join(f"<th>{_e(h)}</th>" for h in rows[0])
+    body = "".join("<tr>" + f"<td>{_e(r[0])}</td>" + "".join(f'<td class="num">{_e(v)}</td>' for v in r[1:]) + "</tr>"
+                   for r in rows[1:])
+    name = _metric_name(a.objective)
+    colours = ("#0969da", "#bc4c00")
+    by_count = chart([Series(x.label, [(n, v) for n, _, v in x.progress], c, style="step") for x, c in zip((a, b), colours)],
+                     x_label="candidates trained", y_label=f"best val {name} so far", width=360, height=260,
+                     attrs={"data-plot": "compare-candidates"})
+    by_time = chart([Series(x.label, [(t / 60, v) for _, t, v in x.progress], c, style="step")
+                     for x, c in zip((a, b), colours)],
+                    x_label="minutes since the run started", y_label=f"best val {name} so far", width=360, height=260,
+                    integer_x=False, attrs={"data-plot": "compare-time"})
+    return (f'<p class="verdict">{_e(verdict(a, b))}</p>'
+            f'<figure class="compare">{by_count}{by_time}<figcaption>Best validation {_e(name)} so far of each arm, '
+            "against candidates trained and against wall time. Both arms had the same budget; each best was chosen "
+            "on validation and scored once on test after both searches ended.</figcaption></figure>"
+            f'<table class="compare"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 
 
 def _tree(data: RunData) -> str:

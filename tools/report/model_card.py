@@ -17,6 +17,7 @@ from capnas.tools.design.archspec import ArchSpec
 from capnas.tools.report.caption_stats import caption_stats
 from capnas.tools.report.card_doc import Bullets, Code, Document, Quote, Section, Table, Text
 from capnas.tools.jobs.layers import LayerTable, layer_table, model_prm, shape_text
+from capnas.tools.report.compare import comparison_table, verdict
 from capnas.tools.report.run_data import RunData, curve_points
 
 SECTIONS = ("Overview", "Architecture", "Hyperparameters", "Data pipeline", "Metrics", "Error analysis",
@@ -63,6 +64,7 @@ def build_model_card(data: RunData, cand: Any, *, layer_probe: bool = True) -> M
         Section("Hyperparameters", _hyperparameters(data, cand)),
         Section("Data pipeline", _data_pipeline(data)),
         Section("Metrics", _metrics(data, cand)),
+        *([Section("Against random search", _comparison(data))] if data.comparison else []),
         Section("Error analysis", _error_analysis(data, cand)),
         Section("Changes from parent", _changes(data, cand)),
         Section("Validation", _validation(cand)),
@@ -271,6 +273,13 @@ def _metrics(data: RunData, cand: Any) -> list:
                             [[str(p["epoch"]) + (" (partial)" if p["partial"] else ""), fmt_metric(p["loss"]),
                               fmt_metric(p["val_cider"]), fmt_value(p["train_s"])] for p in points]))
     return blocks
+
+
+def _comparison(data: RunData) -> list:
+    """The run against its equal-budget random arm (measured numbers only; the sentence is built from them)."""
+    a, b = data.comparison
+    rows = comparison_table(a, b)
+    return [Text(verdict(a, b)), Table(rows[0], rows[1:])]
 
 
 def _error_analysis(data: RunData, cand: Any) -> list:

@@ -14,6 +14,7 @@ from typing import Any
 from capnas.sandbox import prepared as prepared_format
 from capnas.tools.data.datasets import DatasetError, task_data
 from capnas.tools.jobs.training import JOB_DIR, RESULT_FILE, VAL_CAPTIONS_FILE
+from capnas.tools.report.compare import Arm, arm_from_record
 from capnas.tools.scoring.evaluation import split_references
 from capnas.tools.task import Task
 
@@ -56,6 +57,8 @@ class RunRecord:
     leaderboard: list[str]  # ids of the trained candidates, best first by the run's objective
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> tokens, cost, calls
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # LLM call key -> its parsed answer
+    test: dict[str, Any] | None = None  # the val-chosen best's test score ({candidate_id, metrics}), once scored
+    baseline: RunRecord | None = None  # the equal-budget random arm of a `--baseline random` run
 
 
 @dataclass
@@ -114,6 +117,13 @@ class RunData:
     @property
     def usage(self) -> dict[str, dict[str, float]]:
         return self.record.usage
+
+    @cached_property
+    def comparison(self) -> tuple[Arm, Arm] | None:
+        """(this run, its random baseline) when the run was started with `--baseline random`."""
+        if self.record.baseline is None:
+            return None
+        return arm_from_record(self.record), arm_from_record(self.record.baseline)
 
     @cached_property
     def board(self) -> list[Row]:
