@@ -99,7 +99,7 @@ def test_a_bad_config_file_is_named_with_the_key(tmp_path: Path, text: str, mess
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="does not exist"):
+    with pytest.raises(SettingsError, match="nope.yaml: no such file"):
         RunSettings.load(tmp_path / "nope.yaml", {})
 
 

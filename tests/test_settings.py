@@ -132,7 +132,7 @@ def test_an_image_folder_without_the_files_is_named(tmp_path: Path, make_karpath
     ("- just\n- a list\n", "must hold a mapping"),
     ("epochs: 2\nepoch_count: 3\n", "unknown key 'epoch_count'"),
     ("max_len: 200\n", "max_len: 200: must be >= 4 and <= 64"),
-    ("min_candidates: 9\nmax_candidates: 3\n", "min_candidates (9) cannot exceed max_candidates (3)"),
+    ("families: [resnet, vit_huge]\n", "families: ['resnet', 'vit_huge']: unknown family vit_huge"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
     (tmp_path / "run.yaml").write_text(text)

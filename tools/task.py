@@ -53,12 +53,6 @@ class Budgets(BaseModel):
     max_tokens: int | None = Field(None, gt=0, description="LLM token budget for the run (stops it cleanly)")
     max_cost_usd: float | None = Field(None, gt=0, description="LLM money budget for the run (needs prices per role)")
 
-    @model_validator(mode="after")
-    def _min_within_max(self) -> Budgets:
-        if self.min_candidates > self.max_candidates:
-            raise ValueError(f"min_candidates ({self.min_candidates}) cannot exceed max_candidates ({self.max_candidates})")
-        return self
-
 
 class Task(BaseModel):
     """One captioning design task. Defaults are the embedded demo: shapes on a CPU in minutes."""
