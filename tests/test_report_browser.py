@@ -20,35 +20,6 @@ from capnas.tools.report.html_report import GRID_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "report.png"
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome", "google-chrome-stable")
-
-
-def chromium_executable() -> str | None:
-    """A Chromium binary on this machine, or None (Playwright then tries its own downloaded build)."""
-    if os.environ.get("CAPNAS_CHROMIUM"):
-        return os.environ["CAPNAS_CHROMIUM"]
-    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed: run `bash scripts/browser.sh`")
-    with sync_api.sync_playwright() as p:
-        executable = chromium_executable()
-        try:
-            # no proxy, and every host name resolves to nothing: the page must not need the network
-            instance = p.chromium.launch(executable_path=executable, headless=True,
-                                         args=["--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND"])
-        except Exception as e:  # noqa: BLE001 - no browser here: say so and skip
-            pytest.skip(f"no Chromium to run (looked for {', '.join(CHROMIUM_NAMES)} on PATH and Playwright's own "
-                        f"build; run `bash scripts/browser.sh`): {str(e).splitlines()[0]}")
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path_factory: pytest.TempPathFactory,
                                              monkeypatch: pytest.MonkeyPatch, browser) -> None:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from capnas.graph.context import Context
 from capnas.settings import CONTEXT_KEYS, RunSettings, SettingsError
