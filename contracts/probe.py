@@ -50,9 +50,10 @@ class _StepFailed(Exception):
     """Raised inside the probe when a step failed and the steps depending on it must be skipped."""
 
 
-def run_probe(code_path: str | Path, contract: Contract | dict, device: str = "cpu", seed: int = 0,
+def run_probe(code_path: str | Path, contract: Contract | dict, device: str | torch.device = "cpu", seed: int = 0,
               prm: dict | None = None, report_steps: bool = False) -> dict[str, Any]:
-    """Probe the candidate at `code_path` against `contract` (a Contract or its `model_dump()`).
+    """Probe the candidate at `code_path` against `contract` (a Contract or its `model_dump()`). The model
+    gets `device` as a `torch.device`, as training and generation hand it (`capnas.sandbox.train_loop`).
 
     With `report_steps`, each step is announced on stdout as a JSON event line
     `{"event": "probe_step", "step": ..., "method": ...}`, so whoever kills a hung probe knows where it hung."""
@@ -68,12 +69,12 @@ def is_memory_error(error: BaseException) -> bool:
 
 
 class _Probe:
-    def __init__(self, path: Path, contract: Contract, device: str, seed: int, prm: dict,
+    def __init__(self, path: Path, contract: Contract, device: str | torch.device, seed: int, prm: dict,
                  report_steps: bool = False) -> None:
         self.path = path
         self.report_steps = report_steps
         self.contract = contract
-        self.device = device
+        self.device = torch.device(device)  # what Net(in_shape, out_shape, prm, device) gets, as in training
         self.seed = seed
         self.given_prm = prm
         self.violations: list[Violation] = []
@@ -144,7 +145,7 @@ class _Probe:
             **self.stats,
             "timings": self.timings,
             "skipped": self.skipped,
-            "device": self.device,
+            "device": str(self.device),
             "seed": self.seed,
         }
 
@@ -227,7 +228,7 @@ class _Probe:
         count = sum(p.numel() for p in params)
         self.stats["params"] = count
         self.stats["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
-        wanted = torch.device(self.device).type
+        wanted = self.device.type
         elsewhere = sorted({str(p.device) for p in params if p.device.type != wanted})
         if elsewhere:
             self.fail("RUN-002", f"parameters on {', '.join(elsewhere)}, not on {self.device}", self.lines.get("__init__"))
@@ -338,7 +339,7 @@ class _Probe:
                                  f"budget (batch of 1, median of {LATENCY_RUNS})", self.lines.get("forward"))
 
     def _sync(self) -> None:
-        if torch.device(self.device).type == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
 

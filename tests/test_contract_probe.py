@@ -144,3 +144,27 @@ def test_a_missing_file_is_a_run_violation_not_a_crash(tmp_path: Path) -> None:
 def test_valid_fixtures_pass_on_the_gpu(path: Path) -> None:
     result = run_probe(path, CONTRACT, device="cuda")
     assert result["ok"], result["violations"]
+
+
+DEVICE_TYPE_MODEL = ("        self.device = torch.device(device)\n",
+                     "        self.device = device  # used as handed over: a torch.device, as in training\n"
+                     "        self.amp = self.device.type == 'cuda'\n")
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")], ids=["str", "torch.device"])
+def test_the_model_gets_a_torch_device_as_in_training(tmp_path: Path, device) -> None:
+    """Training and generation build Net(..., torch.device); so does the probe, whatever its caller passed:
+    a model that reads `device.type` in __init__ is valid here too (it crashed with a plain string)."""
+    path = variant(tmp_path, *DEVICE_TYPE_MODEL)
+    result = run_probe(path, CONTRACT, device=device)
+    assert result["ok"], result["violations"]
+    assert result["device"] == "cpu"  # still JSON: the result goes through result.json
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_model_gets_a_torch_device_on_the_gpu(tmp_path: Path) -> None:
+    path = variant(tmp_path, *DEVICE_TYPE_MODEL)
+    result = run_probe(path, CONTRACT, device="cuda")
+    assert result["ok"], result["violations"]
+    assert result["device"] == "cuda"

@@ -73,9 +73,9 @@ def test_export_command_exports_any_trained_candidate(built: BuiltRun, tmp_path:
 def test_export_refuses_untrained_and_unknown_candidates(built: BuiltRun, tmp_path: Path) -> None:
     proc = _capnas("export", RUN_ID, "--candidate", built.invalid, "--workspace", str(built.workspace),
                    "--out", str(tmp_path / "x"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a bad --candidate is bad input
     assert f"candidate {built.invalid} is invalid, not trained" in proc.stderr
     proc = _capnas("export", RUN_ID, "--candidate", "zzz", "--workspace", str(built.workspace))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "no candidate 'zzz'" in proc.stderr and built.trained[0] in proc.stderr
     assert not (tmp_path / "x").exists()

@@ -82,7 +82,7 @@ def test_unknown_contract_exit_2_names_it(app: typer.Typer) -> None:
 
 def test_impossible_task_exit_2(app: typer.Typer) -> None:
     result = invoke(app, str(FIXTURES / "valid" / "cnn_gru.py"), "--dataset", "shapes:20", "--max-len", "2")
-    assert result.exit_code == 2 and "max_len" in result.stderr
+    assert result.exit_code == 2 and "--max-len 2: must be between" in result.stderr
 
 
 def test_dataset_is_required(app: typer.Typer) -> None:

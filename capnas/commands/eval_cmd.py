@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from capnas.commands._checks import OneLineErrors, fail, load_data
+
+COMMAND = "eval"
 METRIC_LABELS = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4",
                  "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr", "spice": "SPICE"}
 
@@ -18,7 +21,7 @@ class EvalSplit(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
+    @app.command("eval", cls=OneLineErrors)
     def eval_command(
         captions: Path = typer.Argument(
             ..., metavar="CAPTIONS.json",
@@ -36,22 +39,27 @@ def register(app: typer.Typer) -> None:
         """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycocoevalcap; needs Java).
 
         Every image of the split needs exactly one caption. Exit status: 0 ok, 2 bad input, 1 metrics failed."""
-        from capnas.tools.data.datasets import DatasetError, load_dataset
         from capnas.tools.scoring.metrics import (
-            CaptionEvaluator, CaptionInputError, MetricsError, pair_with_split, read_results)
+            CaptionEvaluator, CaptionInputError, MetricsError, check_inputs, pair_with_split, read_results)
 
+        # The inputs are read and paired before the evaluator starts its Java process.
         try:
             entries = read_results(captions)
-            data = load_dataset(dataset, images)
+        except CaptionInputError as exc:
+            fail(COMMAND, str(exc))
+        data = load_data(COMMAND, dataset, images)
+        try:
             refs, cands = pair_with_split(entries, data.split(split.value), source=captions, split=split.value)
+            check_inputs(refs, cands)
+        except CaptionInputError as exc:
+            fail(COMMAND, str(exc))
+        try:
             with CaptionEvaluator() as evaluator:
                 result = evaluator.score(refs, cands)
-        except (CaptionInputError, DatasetError) as exc:
-            typer.echo(f"capnas eval: {exc}", err=True)
-            raise typer.Exit(2) from None
+        except CaptionInputError as exc:
+            fail(COMMAND, str(exc))
         except MetricsError as exc:
-            typer.echo(f"capnas eval: {exc}", err=True)
-            raise typer.Exit(1) from None
+            fail(COMMAND, str(exc), 1)
 
         for metric, reason in result.unavailable.items():
             typer.echo(f"note: {METRIC_LABELS.get(metric, metric)} not computed: {reason}", err=True)

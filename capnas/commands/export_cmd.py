@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
-from capnas.commands.report_cmd import DEFAULT_WORKSPACE, read_run
+from capnas.commands._checks import OneLineErrors, fail
+from capnas.commands.report_cmd import DEFAULT_WORKSPACE, JOURNAL_FILE, read_run, run_problem
+
+COMMAND = "export"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
+    @app.command("export", cls=OneLineErrors)
     def export_command(
         run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run the model comes from."),
         candidate: str | None = typer.Option(
@@ -23,24 +25,47 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(
             None, "--out", metavar="DIR", help="The folder to write (default: DIR/runs/RUN_ID/model-CANDIDATE)."),
     ) -> None:
-        """Export a trained candidate; prints the folder. Exit status: 0 ok, 2 no such run, 1 cannot export."""
+        """Export a trained candidate; prints the folder.
+
+        Exit status: 0 ok, 2 no such run or candidate (or one that is not trained), 1 cannot export."""
+        if out is not None and out.exists() and not out.is_dir():
+            fail(COMMAND, f"--out {out}: exists and is not a folder")
+        problem = run_problem(workspace, run_id) or candidate_problem(workspace, run_id, candidate)
+        if problem:
+            fail(COMMAND, problem)
+
         from capnas.tools.report.export import export_model
         from capnas.tools.report.run_data import ReportError, RunData, UnknownRunError
-
-        def fail(message: str, code: int) -> NoReturn:
-            typer.echo(f"capnas export: {message}", err=True)
-            raise typer.Exit(code)
 
         try:
             data = RunData(read_run(workspace, run_id), workspace)
         except UnknownRunError as exc:
-            fail(str(exc), 2)
+            fail(COMMAND, str(exc))
+        except ReportError as exc:
+            fail(COMMAND, str(exc), 1)
         try:
             cand = data.candidate(candidate) if candidate else data.best
             if cand is None:
-                fail(f"run {run_id} has no trained candidate to export", 1)
+                fail(COMMAND, f"run {run_id} has no trained candidate to export", 1)
             target = out or workspace / "runs" / run_id / f"model-{cand.candidate_id}"
             folder = export_model(data, target, candidate_id=cand.candidate_id)
         except ReportError as exc:
-            fail(str(exc), 1)
+            fail(COMMAND, str(exc), 1)
         typer.echo(str(folder))
+
+
+def candidate_problem(workspace: Path, run_id: str, candidate: str | None) -> str | None:
+    """Why `--candidate` cannot be exported (no such candidate in the run, or not trained), naming the trained
+    ones; None when it can or none was given. Reads the journal only (no torch)."""
+    if candidate is None:
+        return None
+    from capnas.graph.journal import Journal
+
+    rows = {c.candidate_id: c for c in Journal(Path(workspace) / JOURNAL_FILE).candidates(run_id)}
+    trained = ", ".join(cid for cid, c in rows.items() if c.status == "trained") or "none"
+    if candidate not in rows:
+        return f"--candidate {candidate}: no candidate {candidate!r} in run {run_id} (trained: {trained})"
+    if rows[candidate].status != "trained":
+        return (f"--candidate {candidate}: candidate {candidate} is {rows[candidate].status}, not trained: only "
+                f"trained models export (trained: {trained})")
+    return None

@@ -8,10 +8,13 @@ and the files the training jobs wrote, never from the journal itself (tools do n
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+from capnas.commands._checks import OneLineErrors, fail as _fail
 
 if TYPE_CHECKING:
     from capnas.tools.report.run_data import RunRecord
@@ -21,21 +24,36 @@ DEFAULT_WORKSPACE = ".capnas"
 JOURNAL_FILE = "journal.sqlite"
 
 
+def run_problem(workspace: str | Path, run_id: str) -> str | None:
+    """Why RUN_ID cannot be read from WORKSPACE's journal (no journal, not a journal, no such run, naming the
+    recent runs), or None when it can. Cheap (no torch): commands call it before loading anything else."""
+    from capnas.graph.journal import Journal
+
+    path = Path(workspace) / JOURNAL_FILE
+    if not path.is_file():
+        return f"no run journal at {path}: pass the workspace of the run with --workspace"
+    try:
+        journal = Journal(path)
+        if journal.get_run(run_id) is not None:
+            return None
+        recent = [r["run_id"] for r in journal.list_runs()[:5]]
+    except sqlite3.DatabaseError as err:
+        return f"{path} is not a capnas run journal ({err})"
+    return f"no run {run_id!r} in {path} (recent runs: {', '.join(recent) or 'none'})"
+
+
 def read_run(workspace: str | Path, run_id: str) -> RunRecord:
     """The run's journal rows as a `RunRecord`: the run, its candidates, the leaderboard by the run's objective,
     LLM usage, and the parsed planner/critic answers the model card quotes. Raises UnknownRunError (naming the
     journal and the recent runs) when there is no such run."""
-    from capnas.graph.journal import Journal
+    from capnas.graph.journal import TEST_SCORED, Journal
     from capnas.tools.report.run_data import RunRecord, UnknownRunError
 
-    path = Path(workspace) / JOURNAL_FILE
-    if not path.is_file():
-        raise UnknownRunError(f"no run journal at {path}: pass the workspace of the run with --workspace")
-    journal = Journal(path)
+    problem = run_problem(workspace, run_id)
+    if problem:
+        raise UnknownRunError(problem)
+    journal = Journal(Path(workspace) / JOURNAL_FILE)
     run = journal.get_run(run_id)
-    if run is None:
-        recent = [r["run_id"] for r in journal.list_runs()[:5]]
-        raise UnknownRunError(f"no run {run_id!r} in {path} (recent runs: {', '.join(recent) or 'none'})")
     candidates = journal.candidates(run_id)
     objective = (run.get("task") or {}).get("objective", "cider")
     keys = {f"planner:round{c.round}" for c in candidates} | {f"critic:{c.candidate_id}" for c in candidates}
@@ -50,13 +68,18 @@ def read_run(workspace: str | Path, run_id: str) -> RunRecord:
             continue
         if isinstance(parsed, dict):
             answers[key] = parsed
+    tests = journal.events(run_id, TEST_SCORED)
+    base_id = f"{run_id}-random"  # `capnas.runner.baseline_id` (the runner imports torch: seconds)
+    baseline = (read_run(workspace, base_id) if (run.get("config") or {}).get("baseline") and journal.get_run(base_id)
+                else None)
     return RunRecord(run=run, candidates=[c.to_dict() for c in candidates],
                      leaderboard=[c.candidate_id for c in journal.leaderboard(run_id, objective)],
-                     usage=journal.usage(run_id), answers=answers)
+                     usage=journal.usage(run_id), answers=answers, test=tests[-1]["payload"] if tests else None,
+                     baseline=baseline)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("report")
+    @app.command("report", cls=OneLineErrors)
     def report_command(
         run_id: str = typer.Argument(..., metavar="RUN_ID", help="The run to report on (`capnas runs` lists them)."),
         workspace: Path = typer.Option(
@@ -76,12 +99,18 @@ def register(app: typer.Typer) -> None:
         The page needs no network: leaderboard, curves, captioned validation images, search tree, contract reports.
 
         Exit status: 0 written, 2 no such run or workspace, 1 the report could not be made."""
-        from capnas.tools.report.run_data import ReportError, UnknownRunError
-        from capnas.tools.report.bundle import write_report_bundle
 
         def fail(message: str, code: int) -> NoReturn:
-            typer.echo(f"capnas report: {message}", err=True)
-            raise typer.Exit(code)
+            _fail("report", message, code)
+
+        if out is not None and out.is_dir():
+            fail(f"--out {out}: is a folder; give the path of the HTML file to write", 2)
+        problem = run_problem(workspace, run_id)
+        if problem:
+            fail(problem, 2)
+
+        from capnas.tools.report.bundle import write_report_bundle
+        from capnas.tools.report.run_data import ReportError, UnknownRunError
 
         try:
             record = read_run(workspace, run_id)

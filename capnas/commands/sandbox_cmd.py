@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from capnas.commands._checks import OneLineErrors, check_device
+
 
 class Device(str, Enum):
     cpu = "cpu"
@@ -50,6 +52,7 @@ def exec_script(
     from capnas.sandbox.launcher import SandboxError
     from capnas.sandbox.tiers import SandboxUnavailable
 
+    check_device("sandbox exec", device.value)
     workdir = scratch if scratch is not None else Path(tempfile.mkdtemp(prefix="capnas-exec-"))
     job = Job(entry="script", scratch=workdir, script=script, device=device.value,
               limits=Limits(wall_s=time_limit, memory_mb=memory_mb))
@@ -82,6 +85,6 @@ def exec_script(
 def register(app: typer.Typer) -> None:
     sandbox_app = typer.Typer(help="Inspect and use the sandbox that untrusted model code runs in.",
                               no_args_is_help=True)
-    sandbox_app.command("check")(check)
-    sandbox_app.command("exec")(exec_script)
+    sandbox_app.command("check", cls=OneLineErrors)(check)
+    sandbox_app.command("exec", cls=OneLineErrors)(exec_script)
     app.add_typer(sandbox_app, name="sandbox")

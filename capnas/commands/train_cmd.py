@@ -16,10 +16,13 @@ from typing import Any, NoReturn
 
 import typer
 
+from capnas.commands._checks import (OneLineErrors, allowed, check_device, check_field, check_file, fail as _fail,
+                                    load_data, vocabulary_size)
 from capnas.commands.eval_cmd import METRIC_LABELS
-from capnas.tools.task import Task
+from capnas.tools.task import Budgets, Task, default_image_size, default_min_count
 
 _TASK = Task.model_fields
+COMMAND = "train"
 _HP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -51,7 +54,7 @@ def default_run_dir(file: Path, source: str, dataset: str, settings: dict[str, A
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train")
+    @app.command("train", cls=OneLineErrors)
     def train_command(
         file: Path = typer.Argument(..., metavar="FILE.py", help="The caption-net-v1 model module to train."),
         dataset: str = typer.Option(
@@ -59,9 +62,10 @@ def register(app: typer.Typer) -> None:
             help="'shapes', 'shapes:N', or the path of a Karpathy/COCO captions json."),
         images: Path | None = typer.Option(
             None, "--images", metavar="DIR", help="Image folder of a json dataset (default: images/ beside the json)."),
-        epochs: int = typer.Option(10, "--epochs", min=1, help="Passes over the training split."),
+        epochs: int = typer.Option(
+            10, "--epochs", help=f"Passes over the training split ({allowed(Budgets, 'epochs')})."),
         train_time_s: float | None = typer.Option(
-            None, "--train-time-s", metavar="S", min=1.0,
+            None, "--train-time-s", metavar="S",
             help="Seconds of training (learn plus val generation); the epoch in flight is cut short. Default: none."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
         hp: list[str] = typer.Option(
@@ -70,13 +74,17 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch, each with all its captions."),
         patience: int = typer.Option(
             3, "--patience", min=0, help="Stop after this many epochs without a better val CIDEr (0: never)."),
-        image_size: int = typer.Option(
-            _TASK["image_size"].default, "--image-size", help="Square input size in pixels."),
+        image_size: int | None = typer.Option(
+            _TASK["image_size"].default, "--image-size", show_default=False,
+            help=f"Square input size in pixels, {allowed(Task, 'image_size')} (default: 32 for shapes, 224 for photos, "
+                 "as `capnas run`)."),
         max_len: int = typer.Option(
-            _TASK["max_len"].default, "--max-len", help="Caption length, BOS and EOS included."),
-        min_count: int = typer.Option(
-            _TASK["min_count"].default, "--min-count",
-            help="Minimum train-caption count for a word to enter the vocabulary."),
+            _TASK["max_len"].default, "--max-len",
+            help=f"Caption length, BOS and EOS included ({allowed(Task, 'max_len')})."),
+        min_count: int | None = typer.Option(
+            _TASK["min_count"].default, "--min-count", show_default=False,
+            help="Minimum train-caption count for a word to enter the vocabulary (default: 1 for shapes, 5 for "
+                 "real captions, as `capnas run`)."),
         seed: int = typer.Option(0, "--seed", help="Seed of torch and of the batch order."),
         threads: int | None = typer.Option(
             None, "--threads", min=1, help="torch CPU threads in the job (default: torch's, one per core)."),
@@ -88,53 +96,62 @@ def register(app: typer.Typer) -> None:
         """Train FILE.py in the sandbox on the dataset's train split; report val metrics of its best epoch.
 
         Exit status: 0 trained, 1 training failed, 2 bad input (or no sandbox to train in)."""
-        import torch
-
-        from capnas.contracts import get_contract
-        from capnas.contracts.static_checks import check_source, declared_hyperparameters, must_stop
-        from capnas.sandbox import SandboxError, SandboxUnavailable
-        from capnas.tools.data.datasets import DatasetError, VocabularyError, load_dataset, prepare_dataset
-        from capnas.tools.scoring.metrics import MetricsError
-        from capnas.tools.jobs.training import RESULT_FILE, train_candidate
 
         def fail(message: str, status: int = 2) -> NoReturn:
-            typer.echo(f"capnas train: {message}", err=True)
-            raise typer.Exit(status)
+            _fail(COMMAND, message, status)
 
+        # Every value is checked before anything runs: a bad one prepares no data and starts no sandbox.
+        check_field(COMMAND, "--epochs", epochs, Budgets)
+        check_field(COMMAND, "--train-time-s", train_time_s, Budgets)
+        for flag, value in (("--image-size", image_size), ("--max-len", max_len), ("--min-count", min_count)):
+            check_field(COMMAND, flag, value, Task)
+        device = check_device(COMMAND, device)
+        if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+            fail(f"--run-dir {run_dir}: not a folder")
+        check_file(COMMAND, file)
         try:
             source = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            fail(f"{file}: no such file")
         except (OSError, UnicodeDecodeError) as exc:
             fail(f"{file}: cannot read it as UTF-8 text: {exc}")
         try:
             tree = ast.parse(source, filename=str(file))
         except SyntaxError as exc:
             fail(f"{file}:{exc.lineno}: not valid Python: {exc.msg}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-            fail(f"--device {device!r}: expected cpu, cuda or cuda:N")
-        if device != "cpu" and not torch.cuda.is_available():
-            fail(f"--device {device}: no CUDA device is available here")
+        except ValueError as exc:  # null bytes
+            fail(f"{file}: not valid Python: {exc}")
+
+        from capnas.contracts import get_contract
+        from capnas.contracts.static_checks import check_source, declared_hyperparameters, must_stop
+
         try:
             hparams = parse_hparams(hp, declared_hyperparameters(tree))
         except ValueError as exc:
             fail(str(exc))
+        data = load_data(COMMAND, dataset, images)
+        image_size = image_size if image_size is not None else default_image_size(dataset)
+        min_count = min_count if min_count is not None else default_min_count(dataset)
         try:
-            data = load_dataset(dataset, images)
-        except (DatasetError, VocabularyError) as exc:
-            fail(f"dataset {dataset!r}: {exc}")
+            contract = get_contract("caption-net-v1", vocab_size=vocabulary_size(COMMAND, data, min_count),
+                                    image_size=image_size, max_len=max_len)
+        except ValueError as exc:
+            fail(f"the task does not fit the contract: {exc}")
+        stopping = [v for v in check_source(source, contract) if must_stop([v])]
+        if stopping:  # the file must not run: syntax, imports, security, signatures
+            first = stopping[0]
+            more = f" (and {len(stopping) - 1} more: {', '.join(v.code for v in stopping[1:])})" if stopping[1:] else ""
+            fail(f"{file}:{first.line or '?'}: {first.code} {first.message}{more}; `capnas validate` shows them all")
+
+        from capnas.sandbox import SandboxError, SandboxUnavailable
+        from capnas.tools.data.datasets import DatasetError, VocabularyError, prepare_dataset
+        from capnas.tools.jobs.training import RESULT_FILE, train_candidate
+        from capnas.tools.scoring.metrics import MetricsError
 
         status = _Status(as_json)
         try:
             status.say(f"preparing {data.source} ({image_size} px, max_len {max_len})")
             prepared = prepare_dataset(data, image_size=image_size, max_len=max_len, min_count=min_count)
         except (DatasetError, VocabularyError) as exc:
-            fail(f"dataset {dataset!r}: {exc}")
-        contract = get_contract("caption-net-v1", vocab_size=len(prepared.vocab), image_size=image_size,
-                                max_len=max_len)
-        stopping = [v for v in check_source(source, contract) if must_stop([v])]
-        if stopping:  # the file must not run: syntax, imports, security, signatures
-            fail("\n".join(f"{file}:{v.line or '?'}: {v.code} {v.message}" for v in stopping))
+            fail(f"--dataset {dataset}: {exc}")
         settings = {"hparams": hparams, "epochs": epochs, "batch_size": batch_size, "patience": patience or None,
                     "seed": seed, "prepared": prepared.dir.name}
         run_dir = run_dir or default_run_dir(file, source, dataset, settings)

@@ -9,13 +9,16 @@ from typing import NoReturn
 
 import typer
 
-from capnas.tools.task import Task
+from capnas.commands._checks import (OneLineErrors, allowed, check_device, check_field, check_file, fail as _fail,
+                                    load_data, vocabulary_size)
+from capnas.tools.task import Task, default_image_size, default_min_count
 
 _TASK = Task.model_fields
+COMMAND = "validate"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("validate")
+    @app.command("validate", cls=OneLineErrors)
     def validate_command(
         file: Path = typer.Argument(..., metavar="FILE.py", help="The model module to check."),
         dataset: str = typer.Option(
@@ -24,14 +27,21 @@ def register(app: typer.Typer) -> None:
         images: Path | None = typer.Option(
             None, "--images", metavar="DIR", help="Image folder of a json dataset (default: images/ beside the json)."),
         contract_name: str = typer.Option("caption-net-v1", "--contract", metavar="NAME", help="The contract to check."),
-        image_size: int = typer.Option(_TASK["image_size"].default, "--image-size", help="Square input size in pixels."),
-        max_len: int = typer.Option(_TASK["max_len"].default, "--max-len", help="Caption length, BOS and EOS included."),
-        min_count: int = typer.Option(
-            _TASK["min_count"].default, "--min-count", help="Minimum train-caption count for a word to enter the vocabulary."),
-        max_params: int = typer.Option(_TASK["max_params"].default, "--max-params", help="Parameter budget."),
+        image_size: int | None = typer.Option(
+            _TASK["image_size"].default, "--image-size", show_default=False,
+            help=f"Square input size in pixels, {allowed(Task, 'image_size')} (default: 32 for shapes, 224 for photos, "
+                 "as `capnas run`)."),
+        max_len: int = typer.Option(_TASK["max_len"].default, "--max-len",
+                                  help=f"Caption length, BOS and EOS included ({allowed(Task, 'max_len')})."),
+        min_count: int | None = typer.Option(
+            _TASK["min_count"].default, "--min-count", show_default=False,
+            help="Minimum train-caption count for a word to enter the vocabulary (default: 1 for shapes, 5 for "
+                 "real captions, as `capnas run`)."),
+        max_params: int = typer.Option(_TASK["max_params"].default, "--max-params",
+                                     help=f"Parameter budget ({allowed(Task, 'max_params')})."),
         max_latency_ms: float = typer.Option(
             _TASK["max_latency_ms"].default, "--max-latency-ms", help="Inference budget per image, in ms."),
-        device: str = typer.Option("cpu", "--device", help="Where the probe runs: cpu or cuda."),
+        device: str = typer.Option("cpu", "--device", help="Where the probe runs: cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed", help="Seed of the probe's synthetic data and of torch."),
         as_json: bool = typer.Option(
             False, "--json", help='Print {"ok", "violations", "params", "latency_ms"} as one JSON object.'),
@@ -39,32 +49,38 @@ def register(app: typer.Typer) -> None:
         """Check FILE.py against the contract: static checks, then a probe in the sandbox.
 
         Exit status: 0 valid, 1 violations, 2 bad input (or no sandbox to run the probe in)."""
-        from capnas.contracts import get_contract
-        from capnas.sandbox import SandboxError, SandboxUnavailable
-        from capnas.tools.data.datasets import DatasetError, VocabularyError
-        from capnas.tools.jobs.validation import validate_code
 
         def fail(message: str) -> NoReturn:
-            typer.echo(f"capnas validate: {message}", err=True)
-            raise typer.Exit(2)
+            _fail(COMMAND, message)
 
+        # Every value is checked before anything runs: a bad one costs no dataset pass and no sandbox.
+        for flag, value in (("--image-size", image_size), ("--max-len", max_len), ("--min-count", min_count),
+                            ("--max-params", max_params), ("--max-latency-ms", max_latency_ms)):
+            check_field(COMMAND, flag, value, Task)
+        device = check_device(COMMAND, device)
+        check_file(COMMAND, file)
         try:
             source = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            fail(f"{file}: no such file")
         except (OSError, UnicodeDecodeError) as exc:
             fail(f"{file}: cannot read it as UTF-8 text: {exc}")
-        try:
-            vocab_size = _vocabulary_size(dataset, images, min_count)
-        except (DatasetError, VocabularyError) as exc:
-            fail(f"dataset {dataset!r}: {exc}")
+
+        from capnas.contracts import CONTRACTS, get_contract
+
+        if contract_name not in CONTRACTS:
+            fail(f"--contract {contract_name}: unknown contract; known: {', '.join(sorted(CONTRACTS))}")
+        data = load_data(COMMAND, dataset, images)
+        image_size = image_size if image_size is not None else default_image_size(dataset)
+        min_count = min_count if min_count is not None else default_min_count(dataset)
+        vocab_size = vocabulary_size(COMMAND, data, min_count)
         try:
             contract = get_contract(contract_name, vocab_size=vocab_size, image_size=image_size, max_len=max_len,
                                     max_params=max_params, max_latency_ms=max_latency_ms)
-        except KeyError as exc:
-            fail(str(exc.args[0]))
         except ValueError as exc:
-            fail(f"contract {contract_name}: {exc}")
+            fail(f"--contract {contract_name}: {exc}")
+
+        from capnas.sandbox import SandboxError, SandboxUnavailable
+        from capnas.tools.jobs.validation import validate_code
+
         try:
             report = validate_code(source, contract, device, seed=seed)
         except (SandboxUnavailable, SandboxError) as exc:
@@ -75,17 +91,6 @@ def register(app: typer.Typer) -> None:
         else:
             _print_report(file, source, contract.name, report)
         raise typer.Exit(0 if report.ok else 1)
-
-
-def _vocabulary_size(spec: str, images: Path | None, min_count: int) -> int:
-    """The vocabulary size training will see: built from the train captions, as `prepare_dataset` does."""
-    from capnas.tools.data.datasets import DatasetError, Vocabulary, load_dataset
-
-    data = load_dataset(spec, images)
-    train = data.split("train")
-    if not train:
-        raise DatasetError(f"{data.source} has no train images; the vocabulary is built from them")
-    return len(Vocabulary.build((c for item in train for c in item.captions), min_count=min_count))
 
 
 def _print_report(file: Path, source: str, contract: str, report) -> None:  # report: ValidationReport
