@@ -101,7 +101,7 @@ def _clauses(vocab: int, max_len: int, budgets: Budgets, ids: SpecialIds, allowe
          "Write `class Net(nn.Module):` at module level and call super().__init__() first."),
         ("SIG-003", "static",
          "Net.__init__(self, in_shape, out_shape, prm, device), called positionally; any extra parameter has a default.",
-         f"in_shape is (B, C, H, W), out_shape is ({vocab},) i.e. (vocab_size,), prm a dict; move the model to device."),
+         f"in_shape is (B, C, H, W), out_shape is ({vocab},) i.e. (vocab_size,), prm a dict, device a torch.device; move the model to it."),
         ("SIG-004", "static", "Net.train_setup(self, prm): builds the optimizer and the loss.",
          f"Take exactly one argument besides self; use cross-entropy with ignore_index={ids.pad} (PAD)."),
         ("SIG-005", "static", "Net.learn(self, train_data): one pass over the batches given.",

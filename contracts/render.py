@@ -35,7 +35,7 @@ def render_contract(contract: Contract) -> str:
         f"    `in_shape = ({b}, {c}, {h}, {w})` (B, C, H, W; B is nominal, accept any batch size),",
         f"    `out_shape = ({contract.vocab_size},)` (vocab_size), `prm` a dict with every declared hyperparameter",
         f"    plus `max_len` (int, {contract.max_len}: caption length in tokens, BOS and EOS included).",
-        "    The model moves itself to `device`.",
+        "    `device` is a `torch.device`; the model moves itself to it.",
         "  - `train_setup(self, prm)`: builds the optimizer and the loss (cross-entropy ignoring PAD).",
         "  - `learn(self, train_data) -> float`: one pass over `(images, captions)` batches already on the device;",
         f"    `images` float32 `[B, {c}, {h}, {w}]` in [0, 1]; `captions` int64 `[B, Ncap, {contract.max_len}]`, each row",
