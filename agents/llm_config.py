@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 Role = Literal["planner", "coder", "critic", "reporter"]
 ROLES: tuple[Role, ...] = get_args(Role)
