@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, SecretStr, ValidationError
 
-from capnas.agents.llm_config import NO_KEY, ROLE_HEADER, ROLES, AgentModels, LLMConfig, Role
+from capnas.agents.llm_config import ROLE_HEADER, ROLES, AgentModels, LLMConfig, Role
 from capnas.agents.parsing import extract_fenced, extract_json_object
 from capnas.agents.usage import UsageLedger
 

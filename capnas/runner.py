@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
-from capnas.agents.llm import AgentModels
+from capnas.agents.llm_config import AgentModels
 from capnas.graph.build import build_graph
 from capnas.graph.context import Context
 from capnas.graph.final_test import recorded as recorded_test

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from capnas.agents.llm import ROLE_HEADER  # set by build_chat_model on every request
+from capnas.agents.llm_config import ROLE_HEADER  # set by build_chat_model on every request
 
 
 @dataclass(frozen=True)

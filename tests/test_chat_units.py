@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 from rich.console import Console
 
-from capnas.agents.llm import AgentModels, LLMConfig
+from capnas.agents.llm_config import AgentModels, LLMConfig
 from capnas.console.ask import answer_question
 from capnas.console.dashboard import RunView, event_line
 from capnas.console.keys import QUIT, KeyReader, LineReader

@@ -33,7 +33,8 @@ import capnas.embedded as emb
 import capnas.embedded.front as emb_front
 import capnas.embedded.server as emb_server
 import capnas.embedded.weights as emb_weights
-from capnas.agents.llm import ROLES, AgentModels, LLMConfig, StructuredOutputError, ask_structured, build_chat_model
+from capnas.agents.llm_config import ROLES, AgentModels, LLMConfig
+from capnas.agents.llm import StructuredOutputError, ask_structured, build_chat_model
 from capnas.agents.usage import UsageLedger
 from capnas.embedded import (
     EmbeddedLLM,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from capnas.agents.llm import AgentModels, LLMConfig
+from capnas.agents.llm_config import AgentModels, LLMConfig
 from capnas.graph import routing
 from capnas.graph.build import build_graph
 from capnas.graph.context import Context

@@ -15,9 +15,6 @@ from llm_server import ScriptedLLMServer, answer, hang, http_error, tool_call
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from capnas.agents.llm import (
-    NO_KEY,
-    AgentModels,
-    LLMConfig,
     StructuredOutputError,
     aask_structured,
     ask_structured,
@@ -25,6 +22,7 @@ from capnas.agents.llm import (
     build_chat_model,
     build_role_models,
 )
+from capnas.agents.llm_config import NO_KEY, AgentModels, LLMConfig
 from capnas.agents.parsing import extract_fenced, extract_json_object
 from capnas.agents.usage import Budget, BudgetExceeded, UsageLedger
 

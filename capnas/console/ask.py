@@ -11,7 +11,8 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from capnas.agents import critic
-from capnas.agents.llm import AgentModels, ask_text, build_chat_model
+from capnas.agents.llm_config import AgentModels
+from capnas.agents.llm import ask_text, build_chat_model
 from capnas.agents.usage import cost_usd
 from capnas.graph.journal import Journal
 

@@ -20,7 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from capnas import runner
-from capnas.agents.llm import AgentModels
+from capnas.agents.llm_config import AgentModels
 from capnas.console import slash
 from capnas.console.dashboard import RunView, event_line
 from capnas.console.keys import END

@@ -40,7 +40,7 @@ from capnas.embedded.front import SERVER_REQUIREMENT, _default_threads, _free_po
 from capnas.embedded.weights import DEFAULT_MODEL, GGUFModel, _model, ensure_model
 
 if TYPE_CHECKING:  # the server child imports this package too: keep LangChain out of it
-    from capnas.agents.llm import AgentModels, LLMConfig, Role
+    from capnas.agents.llm_config import AgentModels, LLMConfig, Role
 
 __all__ = ["ROLE_MAX_TOKENS", "EmbeddedLLM", "embedded_models", "server_installed"]
 
@@ -283,7 +283,7 @@ class EmbeddedLLM:
     def llm_config(self, role: Role | None = None, **overrides: Any) -> LLMConfig:
         """An `LLMConfig` for `agents.llm.build_chat_model` that talks to this server. The output cap
         depends on the role (`ROLE_MAX_TOKENS`); any `LLMConfig` field can be overridden."""
-        from capnas.agents.llm import LLMConfig
+        from capnas.agents.llm_config import LLMConfig
 
         fields: dict[str, Any] = {
             "model": self.model.served_name,
@@ -299,7 +299,7 @@ class EmbeddedLLM:
     def agent_models(self, **overrides: Any) -> AgentModels:
         """`AgentModels` for every role: this server, each role with its `ROLE_MAX_TOKENS` output cap.
         `overrides` (any `LLMConfig` field, e.g. `temperature=0.0`) apply to every role."""
-        from capnas.agents.llm import ROLES, AgentModels
+        from capnas.agents.llm_config import ROLES, AgentModels
 
         roles = {role: {"max_output_tokens": ROLE_MAX_TOKENS[role], **overrides} for role in ROLES}
         return AgentModels(default=self.llm_config(None, **overrides), roles=roles)
