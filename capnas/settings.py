@@ -175,19 +175,45 @@ def _explain(err: ValidationError, config: Path | None, flags: dict[str, Any], d
 
 def _allowed(key: str, e: dict[str, Any]) -> str:
     """Pydantic's message, with the allowed range spelled out for numbers."""
-    info = RunSettings.model_fields.get(key)
-    if info is not None and e["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return "must be " + bounds_text(info)
+    if key in RunSettings.model_fields and e["type"] in ("greater_than_equal", "less_than_equal", "greater_than",
+                                                         "less_than"):
+        return "must be " + allowed(RunSettings, key)
     return e["msg"].removeprefix("Value error, ")
 
 
-def bounds_text(info: FieldInfo) -> str:
-    """A field's numeric bounds in words: `>= 1000 and <= 10000000000`."""
+def show(value: Any) -> str:
+    """A value as the person would have typed it: 0.5, 1e-06, 200, gpu7."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def field_bounds(model: type[BaseModel], name: str) -> tuple[tuple[Any, bool] | None, tuple[Any, bool] | None]:
+    """(low, high) of field `name`, each (bound, inclusive) or None, from the annotated_types Ge/Gt/Le/Lt
+    in the field's metadata."""
+    low = high = None
+    for item in model.model_fields[name].metadata:
+        for attr, inclusive, is_low in (("ge", True, True), ("gt", False, True), ("le", True, False),
+                                        ("lt", False, False)):
+            bound = getattr(item, attr, None)
+            if bound is not None:
+                if is_low:
+                    low = (bound, inclusive)
+                else:
+                    high = (bound, inclusive)
+    return low, high
+
+
+def allowed(model: type[BaseModel], name: str) -> str:
+    """What field `name` of `model` allows, in words: "between 4 and 64", "greater than 0" ("" if unbounded)."""
+    low, high = field_bounds(model, name)
+    if low and high and low[1] and high[1]:
+        return f"between {show(low[0])} and {show(high[0])}"
     parts = []
-    for m in info.metadata:
-        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            if getattr(m, attr, None) is not None:
-                parts.append(f"{sign} {getattr(m, attr):,}" if isinstance(getattr(m, attr), int) else f"{sign} {getattr(m, attr)}")
+    if low:
+        parts.append(f"at least {show(low[0])}" if low[1] else f"greater than {show(low[0])}")
+    if high:
+        parts.append(f"at most {show(high[0])}" if high[1] else f"less than {show(high[0])}")
     return " and ".join(parts)
 
 

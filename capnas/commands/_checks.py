@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from typer.core import TyperCommand
 
+from capnas.settings import allowed, field_bounds, show
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -43,48 +45,12 @@ def fail(command: str, message: str, status: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(status)
 
 
-def show(value: Any) -> str:
-    """A value as the person would have typed it: 0.5, 1e-06, 200, gpu7."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _bounds(model: type[BaseModel], name: str) -> tuple[tuple[Any, bool] | None, tuple[Any, bool] | None]:
-    """(low, high) of field `name`, each (bound, inclusive) or None, from the annotated_types Ge/Gt/Le/Lt
-    in the field's metadata."""
-    low = high = None
-    for item in model.model_fields[name].metadata:
-        for attr, inclusive, is_low in (("ge", True, True), ("gt", False, True), ("le", True, False),
-                                        ("lt", False, False)):
-            bound = getattr(item, attr, None)
-            if bound is not None:
-                if is_low:
-                    low = (bound, inclusive)
-                else:
-                    high = (bound, inclusive)
-    return low, high
-
-
-def allowed(model: type[BaseModel], name: str) -> str:
-    """What field `name` of `model` allows, in words: "between 4 and 64", "greater than 0" ("" if unbounded)."""
-    low, high = _bounds(model, name)
-    if low and high and low[1] and high[1]:
-        return f"between {show(low[0])} and {show(high[0])}"
-    parts = []
-    if low:
-        parts.append(f"at least {show(low[0])}" if low[1] else f"greater than {show(low[0])}")
-    if high:
-        parts.append(f"at most {show(high[0])}" if high[1] else f"less than {show(high[0])}")
-    return " and ".join(parts)
-
-
 def bounds_problem(model: type[BaseModel], name: str, value: Any) -> str | None:
     """What is wrong with `value` for field `name` of `model` ("must be between 4 and 64"), or None when it
     is within the field's declared bounds (or None: not given)."""
     if value is None:
         return None
-    low, high = _bounds(model, name)
+    low, high = field_bounds(model, name)
     too_low = low is not None and (value < low[0] if low[1] else value <= low[0])
     too_high = high is not None and (value > high[0] if high[1] else value >= high[0])
     return "must be " + allowed(model, name) if too_low or too_high else None
