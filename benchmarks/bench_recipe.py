@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="keep the first N images of each split")
     parser.add_argument("--cache", type=Path, default=None,
                         help="cache root to use ($CAPNAS_CACHE); default: a fresh temporary one, removed at the end")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary cache and run dirs")
+    parser.add_argument("--keep", action="store_true", help="keep the run dirs (and the temporary cache)")
     args = parser.parse_args()
 
     from bench_concurrency import dataset_spec
@@ -224,7 +224,7 @@ def main() -> None:
         tokens_bytes = disk_bytes(prepared.sandbox_dir / "features")
     finally:
         loads.stop()
-        if fresh and not args.keep:
+        if not args.keep:  # the run dirs, and the cache when it is the temporary one (--cache lies outside root)
             shutil.rmtree(root, ignore_errors=True)
 
     cpu = platform.processor() or platform.machine()
