@@ -30,8 +30,8 @@ Recipes (every budget is a flag; the recipe only sets the defaults):
   few minutes on 2 cores).
 - `flickr8k`: `$CAPNAS_FLICKR8K` (a folder holding `dataset_flickr8k.json`, or the json itself), else
   `../shared/datasets/flickr8k/dataset_flickr8k.json`; `--frozen-encoders --families
-  efficientnet_lite0,lstm,gru,transformer --image-size 224 --min-count 5 --max-len 20` (the CPU recipe of
-  `bench_recipe.py`); provisional budgets: 6 candidates, 2 epochs, at most 240 s of training each.
+  efficientnet_lite0,lstm,gru,transformer --image-size 224 --min-count 5 --max-len 20 --max-params 12000000` (the
+  CPU recipe of `bench_recipe.py`); provisional budgets: 6 candidates, 2 epochs, at most 240 s of training each.
 
 Output: a markdown table (per arm, mean ± sd over seeds and the per-seed values of best val CIDEr, test CIDEr and
 BLEU-4 of the val-chosen best, candidates trained, LLM tokens and wall time; per guided arm, the paired per-seed
@@ -74,11 +74,13 @@ FLICKR8K_FAMILIES = "efficientnet_lite0,lstm,gru,transformer"
 # Defaults per recipe: every key is also a flag (--candidates, --epochs, ...), which overrides it.
 RECIPES: dict[str, dict[str, Any]] = {
     "shapes": dict(dataset="shapes:3000", candidates=4, epochs=2, train_time_s=30.0, time_budget=30.0,
-                   concurrency=2, image_size=None, max_len=None, min_count=None, families=None,
+                   concurrency=2, image_size=None, max_len=None, min_count=None, families=None, max_params=None,
                    frozen_encoders=False, arms="random,spec-0.5b"),
     "flickr8k": dict(dataset=None, candidates=6, epochs=2, train_time_s=240.0, time_budget=90.0,
                      concurrency=2, image_size=224, max_len=20, min_count=5, families=FLICKR8K_FAMILIES,
-                     frozen_encoders=True, arms="random,spec-0.5b,spec-1.5b"),
+                     # the frozen backbone and a 2,538-word output layer alone are 4.3M parameters: under capnas's
+                     # default 5M only 15% of random draws fit, under 12M 72% (bench_recipe.py's measurement)
+                     max_params=12_000_000, frozen_encoders=True, arms="random,spec-0.5b,spec-1.5b"),
 }
 
 # What one table row shows: (key, heading, decimals).
@@ -106,7 +108,8 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
     return {"recipe": args.recipe, "dataset": args.dataset, "candidates": args.candidates, "epochs": args.epochs,
             "train_time_s": args.train_time_s, "time_budget": args.time_budget, "concurrency": args.concurrency,
             "threads": args.threads, "device": args.device, "image_size": args.image_size, "max_len": args.max_len,
-            "min_count": args.min_count, "families": args.families, "frozen_encoders": args.frozen_encoders}
+            "min_count": args.min_count, "families": args.families, "frozen_encoders": args.frozen_encoders,
+            **({"max_params": args.max_params} if args.max_params is not None else {})}
 
 
 def arm_flags(arm: str, args: argparse.Namespace) -> list[str]:
@@ -137,8 +140,8 @@ def run_command(arm: str, seed: int, args: argparse.Namespace, workspace: Path) 
            "--train-time-s", f"{b['train_time_s']:g}", "--time-budget", f"{b['time_budget']:g}",
            "--concurrency", str(b["concurrency"]), "--device", b["device"]]
     for flag, key in (("--threads", "threads"), ("--image-size", "image_size"), ("--max-len", "max_len"),
-                      ("--min-count", "min_count"), ("--families", "families")):
-        if b[key] is not None:
+                      ("--min-count", "min_count"), ("--families", "families"), ("--max-params", "max_params")):
+        if b.get(key) is not None:
             cmd += [flag, str(b[key])]
     if b["frozen_encoders"]:
         cmd.append("--frozen-encoders")
@@ -477,13 +480,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=None)
     p.add_argument("--min-count", type=int, default=None)
     p.add_argument("--families", default=None, help="comma-separated families every arm searches")
+    p.add_argument("--max-params", type=int, default=None, help="parameter budget per model (frozen ones count)")
     p.add_argument("--llm-base-url", default=None, help="the code arm's OpenAI-compatible endpoint")
     p.add_argument("--llm-model", default=None, help="the code arm's model name at that endpoint")
     p.add_argument("--llm-api-key-env", default=None, help="environment variable holding the endpoint's key")
     args = p.parse_args(argv)
     recipe = RECIPES[args.recipe]
     for key in ("candidates", "epochs", "train_time_s", "time_budget", "concurrency", "image_size", "max_len",
-                "min_count", "families"):
+                "min_count", "families", "max_params"):
         if getattr(args, key) is None:
             setattr(args, key, recipe[key])
     args.frozen_encoders = recipe["frozen_encoders"]

@@ -131,7 +131,10 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     pairs = planner.assign(plan, width, _tried(rows), keep, fallback=planner.default_plan(task, round_index))
     ids = [candidate_id(state["run_id"], round_index, slot) for slot in range(width)]
     svc.prepared, svc.contract  # noqa: B018 - build the shared data once, before the branches read it at once
-    _emit(runtime, "round", round=round_index, plan=plan.model_dump(), candidates=ids, families=pairs)
+    # random generation samples families itself (uniformly over what the task allows): no assignment to show
+    random_draws = runtime.context.generation == "random"
+    _emit(runtime, "round", round=round_index, plan=plan.model_dump(), candidates=ids,
+          families=None if random_draws else pairs, random=random_draws)
     return {**update, "plan": plan.model_dump(), "round_candidates": ids, "assignments": [list(p) for p in pairs],
             "first_index": len(rows)}
 

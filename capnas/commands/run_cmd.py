@@ -40,6 +40,8 @@ def _progress_printer(json_mode: bool):
                           (f"loss={loss:.3f}" if isinstance(loss, float) else "loss=n/a"))
         elif kind == "train" and e.get("phase") == "val":
             console.print(f"    {e.get('candidate_id')} epoch {e.get('epoch')}: val cider={e.get('cider', float('nan')):.3f}")
+        elif kind == "round" and e.get("random"):
+            console.print(f"[bold]round {e['round']}[/bold]: {len(e.get('candidates') or [])} random draws")
         elif kind == "round":
             pairs = e.get("families") or []
             console.print(f"[bold]round {e['round']}[/bold]: " + ("; ".join(f"{enc} + {dec}" for enc, dec in pairs) or
