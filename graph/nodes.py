@@ -465,8 +465,9 @@ def reporter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
     board = svc.journal.leaderboard(svc.run_id, svc.task.objective)
     best = {"candidate_id": board[0].candidate_id, "metrics": board[0].metrics} if board else None
     if runtime.context.final_test and best is not None:  # the search has ended: the test split may be read now
-        _emit(runtime, "candidate", candidate_id=best["candidate_id"], status="testing")
+        _emit(runtime, "test", candidate_id=best["candidate_id"], phase="start")
         best["test_metrics"] = (score_best_on_test(svc) or {}).get("metrics")
+        _emit(runtime, "test", candidate_id=best["candidate_id"], phase="done", metrics=best["test_metrics"])
     write_run_summary(svc.journal, svc.run_id, svc.task.objective, Path(runtime.context.run_dir) / "runs" / svc.run_id)
     svc.journal.set_run_status(svc.run_id, status, reason)
     _emit(runtime, "done", status=status, stop_reason=reason, best=best)

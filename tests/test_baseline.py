@@ -107,8 +107,9 @@ def test_the_test_split_is_read_only_after_the_search_has_ended(tmp_path: Path, 
     monkeypatch.setattr(training, "run_sandboxed",
                         spy("sandboxed job", training.run_sandboxed, lambda job, *a, **k: job.args.get("split")))
     monkeypatch.setenv("CAPNAS_CACHE", str(tmp_path / "cache"))
-    settings = RunSettings.load(None, {**BASE, "generation": "random", "max_candidates": 2, "min_candidates": 0,
-                                       "epochs": 1, "train_time_s": 10, "run_dir": str(tmp_path / "ws")})
+    settings = RunSettings.load(None, {**BASE, "generation": "random", "max_candidates": 1, "min_candidates": 0,
+                                       "epochs": 1, "train_time_s": 10, "families": "small_cnn,gru",
+                                       "run_dir": str(tmp_path / "ws")})
     summary = runner.start(settings.context(None), settings.task().model_dump(), run_id="t", baseline="random")
     assert summary["trained"] >= 1 and summary["baseline"]["trained"] >= 1
     journal = Journal(tmp_path / "ws" / "journal.sqlite")

@@ -46,6 +46,11 @@ def _progress_printer(json_mode: bool):
             pairs = e.get("families") or []
             console.print(f"[bold]round {e['round']}[/bold]: " + ("; ".join(f"{enc} + {dec}" for enc, dec in pairs) or
                           f"{', '.join(e['plan']['encoders'][:2])} × {', '.join(e['plan']['decoders'][:2])}"))
+        elif kind == "test" and e.get("phase") == "start":
+            console.print(f"  {e['candidate_id']}: the search has ended; scoring it once on the test split")
+        elif kind == "test" and e.get("metrics"):
+            console.print(f"  {e['candidate_id']}: test " + " ".join(
+                f"{k}={v:.3f}" for k, v in e["metrics"].items() if isinstance(v, float)))
         elif kind == "critic" and e.get("feedback"):
             console.print(f"  critic ({e['decision']}): {e['feedback']}")
         elif kind == "done":

@@ -166,4 +166,7 @@ def event_line(e: dict[str, Any], view: RunView, verbose: bool) -> str | None:
         return f"  frozen-encoder tokens {escape(str(e.get('key')))} stored for every later job ({_num(e.get('seconds'), 1)} s)"
     if kind == "critic" and e.get("feedback"):
         return f"  critic ({e['decision']}): {escape(e['feedback'])}"
+    if kind == "test" and e.get("metrics"):
+        return f"  best {view.short(e['candidate_id'])} on the test split (once, after the search): " + " ".join(
+            f"{k}={v:.3f}" for k, v in e["metrics"].items() if isinstance(v, float))
     return None
