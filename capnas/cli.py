@@ -14,10 +14,8 @@ import typer
 
 from capnas import __version__
 from capnas.commands import COMMAND_MODULES
+from capnas.commands._checks import UsageError, _click_exceptions
 
-# click's exceptions, through typer (recent typer releases bundle their own copy of click)
-UsageError = typer.BadParameter.__mro__[1]
-_click_exceptions = sys.modules[UsageError.__module__]
 # (older typer raises click's own Exit and Abort; the bundled copy uses typer's)
 ClickExit = getattr(_click_exceptions, "Exit", typer.Exit)
 ClickAbort = getattr(_click_exceptions, "Abort", typer.Abort)

@@ -18,7 +18,7 @@ from capnas.graph.build import build_graph
 from capnas.graph.context import Context
 from capnas.graph.final_test import recorded as recorded_test
 from capnas.graph.final_test import score_best_on_test
-from capnas.graph.journal import Journal
+from capnas.graph.journal import Journal, baseline_id
 from capnas.graph.services import checkpoints_path, journal_path, services_for
 from capnas.sandbox.job import CANDIDATE_FILE
 from capnas.tools.jobs.training import JOB_DIR
@@ -126,10 +126,6 @@ def start(ctx: Context, task: dict[str, Any], requirement: str = "", run_id: str
     journal.create_run(task, {**ctx.to_record(), "requirement": requirement, "baseline": baseline}, run_id=run_id)
     summary = drive(ctx.run_dir, run_id, ctx, _first_input(run_id, task, requirement), on_event, on_interrupt)
     return with_baseline(ctx, run_id, summary, on_event) if baseline else summary
-
-
-def baseline_id(run_id: str) -> str:
-    return f"{run_id}-random"
 
 
 def with_baseline(ctx: Context, run_id: str, summary: dict[str, Any], on_event: OnEvent | None = None) -> dict[str, Any]:

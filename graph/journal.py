@@ -369,6 +369,11 @@ class Journal:
         return [{**dict(r), "payload": json.loads(r["payload"])} for r in rows]
 
 
+def baseline_id(run_id: str) -> str:
+    """The run id of `run_id`'s `--baseline random` arm, a sibling in the same journal."""
+    return f"{run_id}-random"
+
+
 TEST_SCORED = "test_scored"  # the event of a run's one test-split score (`capnas.graph.final_test`)
 
 CONTROL_ACTIONS = ("stop", "pause", "resume", "budget")

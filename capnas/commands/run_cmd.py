@@ -251,10 +251,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"capnas compare: --run-dir {run_dir}: no journal there (start one with `capnas run`)", err=True)
             raise typer.Exit(EXIT_USAGE)
         from capnas import runner
+        from capnas.graph.journal import baseline_id
         from capnas.tools.report.compare import as_json, comparison_table, verdict
 
         try:
-            a, b = runner.compare(run_dir, run_a, run_b or runner.baseline_id(run_a))
+            a, b = runner.compare(run_dir, run_a, run_b or baseline_id(run_a))
         except runner.RunError as err:
             typer.echo(f"capnas compare: {err}", err=True)
             raise typer.Exit(EXIT_USAGE)
