@@ -4,7 +4,8 @@ Nothing is made up where a tool measures it: two spec candidates are validated i
 real (tiny models on 80 shapes images at 32 px, 3 and 20 epochs, scored by pycocoevalcap), a third is an LLM-style
 module that the validator rejects, a fourth repeats the first's code (the journal marks it a duplicate). The
 rows are written with the journal's own API, the way the graph's nodes write them (`graph.nodes.trainer_node`);
-the planner's and critic's answers are recorded as LLM calls, as `graph.nodes._ask` records them.
+the planner's and critic's answers are recorded as LLM calls, as `graph.nodes._ask` records them; then the
+val-chosen best is scored once on test, as the reporter node does (`graph.final_test`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def report_once(built: BuiltRun) -> dict:
 
 def _build(root: Path) -> BuiltRun:
     from capnas.contracts.caption_net_v1 import caption_net_v1
+    from capnas.graph.context import Context
+    from capnas.graph.final_test import score_best_on_test
+    from capnas.graph.services import RunServices
     from capnas.graph.journal import Journal
     from capnas.tools.design.archspec import ArchSpec, render
     from capnas.tools.design.components.options import GRUOptions, SmallCNNOptions
@@ -164,5 +168,12 @@ def _build(root: Path) -> BuiltRun:
                           candidate_id=duplicate)
     assert journal.get_candidate(duplicate).status == "duplicate"
     journal.set_run_status(RUN_ID, "finished", "max_candidates")
+    # the end of a run: its val-chosen best scored once on test, by the function the reporter node calls
+    svc = RunServices(ctx=Context(run_dir=str(workspace), device="cpu", threads=1), run_id=RUN_ID, task=task,
+                      journal=journal)
+    try:
+        assert score_best_on_test(svc) is not None, journal.events(RUN_ID, "test_failed")
+    finally:
+        svc.evaluator.close()
     return BuiltRun(workspace=workspace, run_id=RUN_ID, cache=cache, trained=tuple(trained), invalid=invalid,
                     duplicate=duplicate)

@@ -68,7 +68,18 @@ def test_card_overview_and_metrics_come_from_the_journal(built: BuiltRun) -> Non
     for point in best.curve:
         row = _row(metrics, str(point["epoch"]))
         assert row[1] == fmt_metric(point["loss"]) and row[2] == fmt_metric(point["val_cider"])
-    assert "Test split: not scored" in metrics
+    # the end of the run scored the val-chosen best on test once: the card shows those numbers and examples
+    test = journal.events(RUN_ID, "test_scored")[-1]["payload"]
+    assert test["candidate_id"] == best.candidate_id
+    assert f"held-out **test** split ({test['n_images']} images)" in metrics
+    assert "| Metric | Test |" in metrics
+    for key, value in test["metrics"].items():
+        if key in METRIC_NAMES:
+            assert fmt_metric(value) in _row(metrics.split("| Metric | Test |")[1], METRIC_NAMES[key])
+    generated = json.loads((built.workspace / "runs" / RUN_ID / best.candidate_id / "test_captions.json").read_text())
+    first = generated[0]
+    assert _row(metrics, f"#{first['image_id']}")[1] == (first["caption"] or "(empty)")
+    assert "Test split: not scored" not in metrics
 
 
 def test_card_layer_table_was_measured_in_the_sandbox(built: BuiltRun) -> None:

@@ -188,6 +188,28 @@ def test_report_image_grid_shows_generated_and_reference_captions(built: BuiltRu
 
 
 @pytest.mark.slow
+def test_report_shows_test_images_of_the_model_scored_on_test(built: BuiltRun) -> None:
+    import html
+
+    from capnas.tools.data.datasets import load_dataset
+    from capnas.tools.report.html_report import GRID_TEST_IMAGES
+
+    page = _page(built)
+    test = Journal(built.workspace / "journal.sqlite").events(RUN_ID, "test_scored")[-1]["payload"]
+    generated = json.loads((built.workspace / "runs" / RUN_ID / test["candidate_id"] / "test_captions.json").read_text())
+    refs = {item.image_id: item.captions for item in load_dataset("shapes:100").split("test")}
+    section = page.split('<section id="test-images-of-the-best-model">')[1].split("</section>")[0]
+    assert f"<code>{test['candidate_id']}</code>, chosen on val" in section
+    tiles = re.findall(r'<div class="tile" data-image="(\d+)">(.*?)</ul></div>', section)
+    # the first images of the split, in its order: none picked for looking good
+    assert [int(i) for i, _ in tiles] == [e["image_id"] for e in generated][:GRID_TEST_IMAGES]
+    for (image_id, tile), entry in zip(tiles, generated):
+        assert 'class="test-image"' in tile
+        assert f'<p class="gen">{html.escape(entry["caption"] or "(empty)")}</p>' in tile
+        assert f"<li>{html.escape(refs[int(image_id)][0])}</li>" in tile
+
+
+@pytest.mark.slow
 def test_report_shows_each_contract_report(built: BuiltRun) -> None:
     journal = Journal(built.workspace / "journal.sqlite")
     page = _page(built)

@@ -58,6 +58,7 @@ SPEC_FILE = "spec.json"
 SCORES_FILE = "scores.json"
 RESULT_FILE = "train_result.json"
 VAL_CAPTIONS_FILE = "val_captions.json"
+TEST_CAPTIONS_FILE = "test_captions.json"  # written once, by score_test
 STARTUP_S = 120.0  # interpreter, torch, data onto the device, model construction: on top of the time budget
 N_SAMPLES = 5
 
@@ -238,7 +239,7 @@ def score_test(result: TrainResult, prepared: PreparedDataset, dataset: CaptionD
     image_ids = prepared_format.load_image_ids(prepared.dir, "test")
     ids = load_ids(run_dir / JOB_DIR / split_ids_file("test"), len(image_ids), len(prepared.vocab))
     captions = decode_ids(ids, prepared.vocab, image_ids)
-    path = run_dir / "test_captions.json"
+    path = run_dir / TEST_CAPTIONS_FILE
     write_results(path, captions)
     scored = _full_metrics(split_references(dataset, "test", image_ids), captions, evaluator)
     out = SplitMetrics(split="test", metrics=scored.scores, unavailable=scored.unavailable,

@@ -3,8 +3,9 @@ as base64 PNG data URIs, styles inline, no scripts, no external assets (it opens
 or a CI artifact the same way, with no network).
 
 Sections: run header, leaderboard, learning curves (one plot per trained candidate), validation images with
-generated and reference captions for the best models, the search (progress plot and the tree, candidate →
-parent, by round), the contract report of every candidate, and the best model's card.
+generated and reference captions for the best models, the first test images of the model scored on test, the
+search (progress plot and the tree, candidate → parent, by round), the contract report of every candidate, and
+the best model's card.
 Every number comes from the journal or from files the tools wrote (`RunData`).
 """
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capnas.tools.jobs.training import TEST_CAPTIONS_FILE
 from capnas.tools.report.model_card import METRIC_NAMES, fmt_int, fmt_metric
 from capnas.tools.report.compare import comparison_table, verdict
 from capnas.tools.report.run_data import RunData, curve_points
@@ -26,6 +28,7 @@ from capnas.tools.report.svg_chart import Series, chart
 GRID_MODELS = 3  # best models shown with validation images
 GRID_IMAGES = 12  # validation images per model
 GRID_REFERENCES = 2  # reference captions shown under each image
+GRID_TEST_IMAGES = 8  # test images of the model scored on test
 STATUS_COLOURS = {"trained": "#1a7f37", "valid": "#0969da", "generated": "#6e7781", "invalid": "#cf222e",
                   "failed": "#bc4c00", "duplicate": "#8c959f"}
 
@@ -80,6 +83,7 @@ def render_html(data: RunData, card: Any = None) -> str:
         _section("Leaderboard", _leaderboard(data)),
         _section("Learning curves", _curves(data)),
         _section("Validation images of the best models", _grids(data)),
+        _section("Test images of the best model", _test_grid(data)),
         _section("Search", _progress(data) + _tree(data)),
         _section("Contract reports", _contract_reports(data)),
         _section("Model card of the best model", f'<div class="card">{card.to_html(3)}</div>' if card is not None
@@ -281,6 +285,16 @@ def _image_png(pixels: Any) -> bytes:
     return buf.getvalue()
 
 
+def _tile(uri: str, split: str, image_id: int, generated: str, refs: list[str]) -> str:
+    """One image with its generated caption (bold) and the first references."""
+    ref_items = "".join(f"<li>{_e(r)}</li>" for r in refs[:GRID_REFERENCES])
+    if len(refs) > GRID_REFERENCES:
+        ref_items += f'<li class="more">+{len(refs) - GRID_REFERENCES} more</li>'
+    return (f'<div class="tile" data-image="{image_id}"><img class="{split}-image" alt="{_e(split)} image '
+            f'{image_id}" src="{uri}"><p class="gen">{_e(generated or "(empty)")}</p>'
+            f'<ul class="refs">{ref_items}</ul></div>')
+
+
 def _grids(data: RunData) -> str:
     if data.val_images is None:
         return f'<p class="note">No images: {_e(data.data_error)}</p>'
@@ -298,14 +312,7 @@ def _grids(data: RunData) -> str:
         for image_id in shown:
             if image_id not in cache:
                 cache[image_id] = _png_uri(_image_png(data.val_images[index[image_id]]))
-            image_refs = refs.get(image_id, [])
-            ref_items = "".join(f"<li>{_e(r)}</li>" for r in image_refs[:GRID_REFERENCES])
-            if len(image_refs) > GRID_REFERENCES:
-                ref_items += f'<li class="more">+{len(image_refs) - GRID_REFERENCES} more</li>'
-            tiles.append(f'<div class="tile" data-image="{image_id}"><img class="val-image" alt="validation image '
-                         f'{image_id}" src="{cache[image_id]}">'
-                         f'<p class="gen">{_e(arts.val_captions[image_id] or "(empty)")}'
-                         f'</p><ul class="refs">{ref_items}</ul></div>')
+            tiles.append(_tile(cache[image_id], "val", image_id, arts.val_captions[image_id], refs.get(image_id, [])))
         rank = data.rank(cand.candidate_id)
         value = fmt_metric((cand.metrics or {}).get(data.objective))
         parts.append(f'<h3>#{rank} <code>{_e(cand.candidate_id)}</code> · {_e(cand.plan or "")} · val '
@@ -313,6 +320,32 @@ def _grids(data: RunData) -> str:
                      f"(from {_e(arts.captions_source)}), references below.</p>"
                      f'<div class="grid" data-candidate="{_e(cand.candidate_id)}">{"".join(tiles)}</div>')
     return "".join(parts) or '<p class="note">No trained candidate.</p>'
+
+
+def _test_grid(data: RunData) -> str:
+    """The first test images (split order, not picked) of the model scored on test, after the search."""
+    test = data.record.test
+    if not test:
+        return ('<p class="note">Test split not scored: a run scores its val-chosen best on test once, after its '
+                "search has ended.</p>")
+    cand = data.candidate(str(test["candidate_id"]))
+    arts = data.artifacts(cand)
+    images = data.images("test")
+    ids = data.image_ids("test")
+    shown = [(k, i) for k, i in enumerate(ids) if i in arts.test_captions][:GRID_TEST_IMAGES]
+    if images is None or not shown:
+        why = data.data_error or f"no {TEST_CAPTIONS_FILE} in the candidate's run dir"
+        return f'<p class="note">No test images: {_e(why)}.</p>'
+    refs = data.references("test")
+    tiles = [_tile(_png_uri(_image_png(images[k])), "test", i, arts.test_captions[i], refs.get(i, []))
+             for k, i in shown]
+    metrics = test.get("metrics") or {}
+    scores = " · ".join(f"{_metric_name(k)} {fmt_metric(metrics[k])}" for k in ("cider", "bleu_4", "meteor")
+                        if k in metrics)
+    return (f'<p><code>{_e(cand.candidate_id)}</code>, chosen on val, scored once on '
+            f"{fmt_int(test.get('n_images'))} test images: {_e(scores)}. The first {len(shown)} test images in "
+            "split order (not picked), generated caption in bold, references below.</p>"
+            f'<div class="grid" data-split="test">{"".join(tiles)}</div>')
 
 
 def _contract_reports(data: RunData) -> str:

@@ -29,6 +29,7 @@ MODES = {"code": "code (an LLM wrote the whole module)",
          "random": "random (the spec was sampled uniformly, no LLM: the equal-budget baseline)"}
 LAYER_DEPTH = 1  # the card's layer table shows Net's children and their children
 MAX_DIFF_LINES = 120
+CARD_TEST_EXAMPLES = 3  # test images (generated and references) under the test metrics
 
 
 def fmt_metric(value: Any) -> str:
@@ -249,6 +250,13 @@ def _metrics(data: RunData, cand: Any) -> list:
                            "after the search; no selection used these numbers:"))
         blocks.append(Table(["Metric", "Test"], [[METRIC_NAMES.get(k, k), fmt_metric(v)]
                                                  for k, v in test["metrics"].items() if k in METRIC_NAMES]))
+        if examples := list(arts.test_captions.items())[:CARD_TEST_EXAMPLES]:
+            refs = data.references("test")
+            blocks.append(Text(f"The first {len(examples)} test images (split order, not picked): the caption this "
+                               "model generated and two of the references."))
+            blocks.append(Table(["Image", "Generated", "References"],
+                                [[f"#{i}", c or "(empty)", " / ".join(refs.get(i, [])[:2]) or "n/a"]
+                                 for i, c in examples]))
     else:
         blocks.append(Text("Test split: not scored (selection uses validation only; `score_test` scores a final "
                            "model once)."))

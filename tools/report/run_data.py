@@ -13,7 +13,7 @@ from typing import Any
 
 from capnas.sandbox import prepared as prepared_format
 from capnas.tools.data.datasets import DatasetError, task_data
-from capnas.tools.jobs.training import JOB_DIR, RESULT_FILE, VAL_CAPTIONS_FILE
+from capnas.tools.jobs.training import JOB_DIR, RESULT_FILE, TEST_CAPTIONS_FILE, VAL_CAPTIONS_FILE
 from capnas.tools.report.compare import Arm, arm_from_record
 from capnas.tools.scoring.evaluation import split_references
 from capnas.tools.task import Task
@@ -71,6 +71,7 @@ class CandidateArtifacts:
     captions_source: str | None  # the file the captions came from, or "journal samples"
     best_epoch: int | None = None
     test_metrics: dict[str, Any] | None = None  # test_metrics.json, when the model was scored on test
+    test_captions: dict[int, str] = field(default_factory=dict)  # test_captions.json, written with them
     prm: dict[str, Any] | None = None  # the prm the training job built the model with (max_len included)
 
 
@@ -84,6 +85,7 @@ class RunData:
     workspace: Path
     candidates: list[Row] = field(init=False)
     _artifacts: dict[str, CandidateArtifacts] = field(init=False, default_factory=dict)
+    _split_ids: dict[str, list[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workspace = Path(self.workspace)
@@ -189,23 +191,36 @@ class RunData:
     def data_error(self) -> str | None:
         return self._data[2]
 
-    @cached_property
+    def image_ids(self, split: str) -> list[int]:
+        """The split's image ids in prepared order ([] without the prepared dataset)."""
+        if split not in self._split_ids:
+            self._split_ids[split] = ([int(i) for i in prepared_format.load_image_ids(self.prepared.dir, split)]
+                                      if self.prepared else [])
+        return self._split_ids[split]
+
+    def references(self, split: str) -> dict[int, list[str]]:
+        """Raw reference captions of a split, in prepared order."""
+        if self.dataset is None:
+            return {}
+        return split_references(self.dataset, split, self.image_ids(split))
+
+    def images(self, split: str) -> Any | None:
+        """uint8 [N, 3, S, S] images of a split in prepared order (memory-mapped)."""
+        if self.prepared is None:
+            return None
+        return prepared_format.load_images(self.prepared.dir, split)
+
+    @property
     def val_image_ids(self) -> list[int]:
-        return [int(i) for i in prepared_format.load_image_ids(self.prepared.dir, "val")] if self.prepared else []
+        return self.image_ids("val")
 
     @cached_property
     def val_references(self) -> dict[int, list[str]]:
-        """Raw reference captions of the validation split, in prepared order."""
-        if self.dataset is None:
-            return {}
-        return split_references(self.dataset, "val", self.val_image_ids)
+        return self.references("val")
 
     @cached_property
     def val_images(self) -> Any | None:
-        """uint8 [N, 3, S, S] validation images in prepared order (memory-mapped)."""
-        if self.prepared is None:
-            return None
-        return prepared_format.load_images(self.prepared.dir, "val")
+        return self.images("val")
 
 
 def find_artifacts(cand: Any, run_root: Path) -> CandidateArtifacts:
@@ -217,7 +232,7 @@ def find_artifacts(cand: Any, run_root: Path) -> CandidateArtifacts:
         if option is not None and option.is_dir():
             folder = option
             break
-    weights, best_epoch, captions, source, test, prm = None, None, {}, None, None, None
+    weights, best_epoch, captions, source, test, prm, test_captions = None, None, {}, None, None, None, {}
     if folder is not None:
         result = _read_json(folder / RESULT_FILE)
         if isinstance(result, dict):
@@ -231,21 +246,27 @@ def find_artifacts(cand: Any, run_root: Path) -> CandidateArtifacts:
                         break
         elif len(found := sorted((folder / JOB_DIR).glob("weights_epoch*.pt"))) == 1:
             weights = found[0]  # a finished job keeps only its best epoch's weights
-        entries = _read_json(folder / VAL_CAPTIONS_FILE)
-        if isinstance(entries, list):
-            try:
-                captions = {int(e["image_id"]): str(e["caption"]) for e in entries}
-                source = VAL_CAPTIONS_FILE
-            except (KeyError, TypeError, ValueError):
-                captions = {}
+        captions = _captions(_read_json(folder / VAL_CAPTIONS_FILE))
+        source = VAL_CAPTIONS_FILE if captions else None
         stored = _read_json(folder / "test_metrics.json")
         test = stored if isinstance(stored, dict) else None
+        test_captions = _captions(_read_json(folder / TEST_CAPTIONS_FILE))
     if not captions and cand.samples:
         captions = {int(s["image_id"]): str(s.get("caption", s.get("generated", ""))) for s in cand.samples
                     if isinstance(s, dict) and "image_id" in s}
         source = "journal samples" if captions else None
     return CandidateArtifacts(dir=folder, weights=weights, val_captions=captions, captions_source=source,
-                              best_epoch=best_epoch, test_metrics=test, prm=prm)
+                              best_epoch=best_epoch, test_metrics=test, prm=prm, test_captions=test_captions)
+
+
+def _captions(entries: Any) -> dict[int, str]:
+    """{image_id: caption} from a COCO results list ({} when it is missing or malformed)."""
+    if not isinstance(entries, list):
+        return {}
+    try:
+        return {int(e["image_id"]): str(e["caption"]) for e in entries}
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 def _read_json(path: Path) -> Any:
