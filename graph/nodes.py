@@ -85,24 +85,29 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         svc = services_for(ctx, state["run_id"], task.model_dump())
         if svc.journal.get_run(state["run_id"]) is None:  # invoked as a plain Runnable, not through the runner
             svc.journal.create_run(task.model_dump(), ctx.to_record(), run_id=state["run_id"])
+        evidence: dict[str, Any] = {}
         if state.get("requirement") and ctx.models is not None:
             try:
-                draft, _ = _ask(svc, "planner", "planner:task", lambda: planner.draft_task(
+                data, replayed = _ask(svc, "planner", "planner:task", lambda: planner.draft_task(
                     svc.models["planner"], state["requirement"], task), state["requirement"])
             except BudgetExceeded:
                 return {**update, "task": task.model_dump(), **_stop("token_budget")}
-            except ValueError as err:  # no usable answer, re-asks included: the run's own settings stand
+            except ValueError as err:  # (draft_task answers without the LLM when it fails): the run's settings
                 svc.journal.log_event(state["run_id"], "planner_fallback", {"error": str(err)[:500]})
-                draft = task.model_dump()
-            task = Task(**draft)
+                data, replayed = {"task": task.model_dump()}, True
+            # (journals before grounded drafts recorded the bare task)
+            drafted = planner.Drafted(**data) if "task" in data else planner.Drafted(task=Task(**data))
+            task, evidence = drafted.task, drafted.evidence()
+            if not replayed:  # every changed field with the words it was read from, before anything runs
+                svc.journal.log_event(state["run_id"], "task_evidence", {"changed": evidence, "ignored": drafted.ignored})
         if ctx.confirm_task:
             # A person confirms or edits the task; the value they resume with replaces it.
-            answer = interrupt({"question": "confirm_task", "task": task.model_dump()})
+            answer = interrupt({"question": "confirm_task", "task": task.model_dump(), "changed": evidence})
             if isinstance(answer, dict) and answer.get("task"):
                 task = Task(**answer["task"])
         svc.journal.update_run_task(state["run_id"], task.model_dump())
         update["task"] = task.model_dump()
-        _emit(runtime, "task", task=task.model_dump())
+        _emit(runtime, "task", task=task.model_dump(), changed=evidence)
 
     task = Task(**update.get("task", state.get("task", {})))
     round_index = update.get("round", state.get("round", 0))

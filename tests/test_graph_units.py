@@ -167,11 +167,14 @@ def test_a_task_with_frozen_encoders_fixes_freeze_in_the_schema_and_in_random_dr
 
 
 def test_a_person_asking_for_frozen_encoders_sets_the_task() -> None:
-    from capnas.agents.planner import TaskDraft, apply_draft
+    from capnas.agents.planner import TaskDraft, ground
+    from capnas.agents.requirement import read_requirement
     from capnas.tools.task import Task
 
-    assert apply_draft(Task(), TaskDraft(frozen_encoders=True)).frozen_encoders is True
-    assert apply_draft(Task(frozen_encoders=True), TaskDraft()).frozen_encoders is True  # left out: kept
+    said = "keep the pretrained encoder frozen"
+    assert ground(said, Task(), read_requirement(said), None).task.frozen_encoders is True
+    unsaid = "a captioning model"  # left out: kept
+    assert ground(unsaid, Task(frozen_encoders=True), read_requirement(unsaid), TaskDraft()).task.frozen_encoders is True
 
 
 def test_a_planner_with_no_usable_answer_leaves_the_round_to_the_default_rotation(tmp_path: Path, monkeypatch) -> None:
