@@ -78,6 +78,9 @@ PLANNER_SYSTEM = (
 )
 
 
+_NO_USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+
+
 def _task_prompt(requirement: str) -> str:
     lines = [f"A person asked for: {requirement!r}",
              "Fill a field only where their words say something about it; leave the others empty.",
@@ -95,14 +98,14 @@ def draft_task(llm, requirement: str, defaults: Task) -> tuple[Drafted, str, dic
     (`llm=None`) or no usable answer, the deterministic reading alone."""
     found = read_requirement(requirement)
     if llm is None:
-        return ground(requirement, defaults, found, None), "", {}
+        return ground(requirement, defaults, found, None), "", dict(_NO_USAGE)
     messages = [SystemMessage(PLANNER_SYSTEM), HumanMessage(_task_prompt(requirement))]
     try:
         draft, raw, usage = ask_structured(llm, messages, TaskDraft)
     except ValueError as err:  # no usable answer, re-asks included: what the reader read still stands
         drafted = ground(requirement, defaults, found, None)
         drafted.ignored.append(f"the LLM gave no usable answer: {str(err).splitlines()[0][:200]}")
-        return drafted, str(err), {}
+        return drafted, str(err), dict(_NO_USAGE)  # (the ledger has counted the tokens it spent)
     return ground(requirement, defaults, found, draft), raw, dict(usage or {})
 
 

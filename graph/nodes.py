@@ -85,7 +85,7 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         svc = services_for(ctx, state["run_id"], task.model_dump())
         if svc.journal.get_run(state["run_id"]) is None:  # invoked as a plain Runnable, not through the runner
             svc.journal.create_run(task.model_dump(), ctx.to_record(), run_id=state["run_id"])
-        evidence: dict[str, Any] = {}
+        evidence: dict[str, Any] | None = None  # None: no requirement was drafted (no LLM, or none given)
         if state.get("requirement") and ctx.models is not None:
             try:
                 data, replayed = _ask(svc, "planner", "planner:task", lambda: planner.draft_task(
@@ -102,7 +102,7 @@ def planner_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
                 svc.journal.log_event(state["run_id"], "task_evidence", {"changed": evidence, "ignored": drafted.ignored})
         if ctx.confirm_task:
             # A person confirms or edits the task; the value they resume with replaces it.
-            answer = interrupt({"question": "confirm_task", "task": task.model_dump(), "changed": evidence})
+            answer = interrupt({"question": "confirm_task", "task": task.model_dump(), "changed": evidence or {}})
             if isinstance(answer, dict) and answer.get("task"):
                 task = Task(**answer["task"])
         svc.journal.update_run_task(state["run_id"], task.model_dump())

@@ -27,7 +27,7 @@ SPEC = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "lstm", "embed_dim
                                                       "num_layers": 1, "attention": False},
         "lr": 0.003, "batch_size": 32, "epochs": 1}
 SCRIPT = [
-    tool_call("TaskDraft", {"max_params": 2_000_000, "notes": "runs on phones"}, role="planner"),
+    tool_call("TaskDraft", {}, role="planner"),  # the reader reads "under 2M parameters" itself
     tool_call("ArchSpec", SPEC, role="coder"),
     tool_call("Critique", {"feedback": "A fair start.", "decision": "stop", "parent_id": None}, role="critic"),
 ]
@@ -158,7 +158,8 @@ def test_chat_confirms_an_edited_plan_shows_progress_and_quits(tmp_path: Path, t
         tmux.wait_for("describe the captioning model you need", timeout=120)
         tmux.type("a captioning model for phones, under 2M parameters")
         screen = tmux.wait_for("y to start, key=value to edit", timeout=120)
-        assert "2,000,000" in screen and "runs on phones" in screen  # the planner's draft, as a table
+        # the planner's draft, as a table, with the words each changed value was read from
+        assert "2,000,000" in screen and "under 2M parameters" in screen
         tmux.type("epochs=1 max_len=12")
         tmux.wait_for("Task (edited)", timeout=30)
         tmux.type("y")

@@ -36,7 +36,7 @@ def _agent_system_prompt() -> str:
 
 def test_example_agent_calls_capnas_as_a_tool_and_reports_the_result(tmp_path: Path) -> None:
     agent = {"when": _agent_system_prompt()[:60]}  # the agent's own model: no capnas role header
-    request = {"requirement": "a small captioning model for phones", "dataset": "shapes:200",
+    request = {"requirement": "a small captioning model for phones, under 2M parameters", "dataset": "shapes:200",
                "generation": "spec", "max_candidates": 1, "time_budget": 10}
     final = "I designed one: the best candidate is r000 (see its CIDEr in the run summary)."
     script = [
@@ -64,7 +64,7 @@ def test_example_agent_calls_capnas_as_a_tool_and_reports_the_result(tmp_path: P
     journal = Journal(tmp_path / "ws" / "journal.sqlite")
     run = journal.get_run(summary["run_id"])
     assert run["task"]["max_params"] == 2_000_000 and run["task"]["dataset"] == "shapes:200"
-    assert run["config"]["requirement"] == "a small captioning model for phones"  # the agent's words
+    assert run["config"]["requirement"] == "a small captioning model for phones, under 2M parameters"  # the agent's words
     (cand,) = journal.candidates(summary["run_id"])
     assert cand.status == "trained" and cand.metrics["cider"] == summary["best"]["metrics"]["cider"]
 

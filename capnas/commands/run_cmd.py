@@ -17,15 +17,27 @@ from capnas.commands.options import with_settings
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _progress_printer(json_mode: bool):
+def _progress_printer(json_mode: bool, requirement: str = ""):
     """One line per event on stderr (stdout stays clean for --json)."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, highlight=False)
 
     def on_event(e: dict[str, Any]) -> None:
         kind = e.get("event")
-        if kind == "candidate":
+        if kind == "task" and requirement and e.get("changed") is not None:  # what it changed, from which words
+            changed = e["changed"]
+            logging.getLogger(__name__).info("task from the requirement %r: %s", requirement, json.dumps(changed))
+            console.print("task from the requirement: " + ("nothing in it was read as a setting; the run's settings "
+                                                           "stand" if not changed else ""))
+            for key, change in changed.items():
+                value = change["value"]
+                shown = ", ".join(map(str, value)) if isinstance(value, list) else f"{value:,}" if isinstance(
+                    value, int) and not isinstance(value, bool) else str(value)
+                console.print(f"  {key} = {escape(shown)}  [dim]\u2190 \u201c{escape(change['evidence'])}\u201d"
+                              f" ({change.get('source', 'reader')})[/dim]")
+        elif kind == "candidate":
             extra = ""
             if e.get("violations"):
                 extra = " violations: " + ", ".join(e["violations"][:5])
@@ -174,7 +186,8 @@ def register(app: typer.Typer) -> None:
             run_id = run_id or runner.new_run_id()
             try:
                 summary = runner.start(ctx, settings.task().model_dump(), settings.requirement, run_id=run_id,
-                                       on_event=_progress_printer(json_out), baseline=settings.baseline)
+                                       on_event=_progress_printer(json_out, settings.requirement),
+                                       baseline=settings.baseline)
             except KeyboardInterrupt:
                 _interrupted(run_id, settings.run_dir)
             except runner.RunError as err:

@@ -25,7 +25,7 @@ from capnas.console import slash
 from capnas.console.dashboard import RunView, event_line
 from capnas.console.keys import END
 from capnas.console.runthread import RunThread, StartFn
-from capnas.console.taskform import EditError, apply_edits, task_table
+from capnas.console.taskform import EditError, apply_edits, edited, task_table
 from capnas.graph.journal import Journal
 from capnas.graph.services import journal_path
 from capnas.settings import RunSettings
@@ -59,6 +59,7 @@ class ChatSession:
         self.run: RunThread | None = None
         self.view: RunView | None = None
         self.draft: dict[str, Any] | None = None
+        self.changed: dict[str, dict[str, Any]] = {}  # the draft's changed fields and their evidence
         self.exit_code: int | None = None
         self.deferred: deque[str] = deque()  # lines that wait for the task table
         self.input_ended = False
@@ -110,8 +111,8 @@ class ChatSession:
             return
         pending = run.pending
         if pending is not None and pending.get("question") == "confirm_task" and self.phase == "drafting":
-            self.draft = pending["task"]
-            self.say(task_table(self.draft, title=f"Task for run {run.run_id}"))
+            self.draft, self.changed = pending["task"], pending.get("changed") or {}
+            self.say(task_table(self.draft, title=f"Task for run {run.run_id}", changed=self.changed))
             self.set_phase("confirm")
         elif pending is not None and pending.get("question") == "paused" and self.phase == "running":
             self.say(f"[yellow]paused[/yellow] before round {pending.get('round', 0) + 1}: /resume to continue")
@@ -201,7 +202,7 @@ class ChatSession:
         assert self.run is not None and self.draft is not None
         word = line.lower()
         if word in YES:
-            self.say(task_table(self.draft, title=f"Task for run {self.run.run_id} (confirmed)"))
+            self.say(task_table(self.draft, title=f"Task for run {self.run.run_id} (confirmed)", changed=self.changed))
             self.view.task = self.draft  # type: ignore[union-attr]
             # Never {}: LangGraph reads an empty dict as a resume map naming no interrupt, and asks again.
             self.run.answer({"task": self.draft})
@@ -214,11 +215,12 @@ class ChatSession:
             self.set_phase("need")
         elif "=" in line:
             try:
-                self.draft = apply_edits(self.draft, line)
+                before, self.draft = self.draft, apply_edits(self.draft, line)
             except EditError as err:
                 self.say(f"[red]{escape(str(err))}[/red]")
                 return
-            self.say(task_table(self.draft, title="Task (edited)"))
+            self.changed = edited(before, self.draft, self.changed)
+            self.say(task_table(self.draft, title="Task (edited)", changed=self.changed))
             self.prompt()
         else:
             self.say(f"[dim]{HINTS['confirm']}[/dim]")

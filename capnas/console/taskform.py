@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from capnas.tools.task import Budgets, Task
@@ -22,16 +23,40 @@ class EditError(ValueError):
     """An edit that cannot be applied; the message names the key."""
 
 
-def task_table(task: dict[str, Any], title: str = "Task") -> Table:
+def task_table(task: dict[str, Any], title: str = "Task", changed: dict[str, dict[str, Any]] | None = None) -> Table:
+    """The task as rows of setting, value and meaning; with `changed` (a drafted task's fields and their evidence,
+    `Drafted.evidence()`), an evidence column too: the person's words each changed value was read from, and the
+    changed values in bold."""
     table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
     table.add_column("setting", style="cyan", no_wrap=True)
     table.add_column("value", no_wrap=True)
+    if changed is not None:
+        table.add_column("from your words", style="green")
     table.add_column("meaning", style="dim")
-    for key in TASK_KEYS:
-        table.add_row(key, _show(task.get(key)), Task.model_fields[key].description or "")
-    for key in BUDGET_KEYS:
-        table.add_row(key, _show(task.get("budgets", {}).get(key)), Budgets.model_fields[key].description or "")
+    rows = [(k, task.get(k), Task.model_fields[k]) for k in TASK_KEYS] + \
+           [(k, task.get("budgets", {}).get(k), Budgets.model_fields[k]) for k in BUDGET_KEYS]
+    for key, value, info in rows:
+        if changed is None:
+            table.add_row(key, _show(value), info.description or "")
+        else:
+            said = changed.get(key)
+            shown = escape(_show(value))
+            words = "" if not said else "(set by you)" if said.get("source") == "person" else \
+                escape(f"\u201c{said['evidence']}\u201d")
+            table.add_row(key, f"[bold]{shown}[/bold]" if said else shown, words, info.description or "")
     return table
+
+
+def edited(before: dict[str, Any], after: dict[str, Any], changed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The evidence after a person's `key=value` edit: a field they set is theirs ("edited"), the rest keep theirs."""
+    old, new = _flat(before), _flat(after)
+    out = {k: v for k, v in changed.items() if new.get(k) == old.get(k)}
+    out.update({k: {"value": new[k], "evidence": "edited", "source": "person"} for k in new if new[k] != old[k]})
+    return out
+
+
+def _flat(task: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: task.get(k) for k in TASK_KEYS}, **dict(task.get("budgets", {}))}
 
 
 def _show(value: Any) -> str:
