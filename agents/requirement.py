@@ -248,8 +248,10 @@ _FROZEN_TERMS = [(re.compile(p, re.I), v) for p, v in [
      True),
     (r"\bfine[\s-]*tun\w*|\bunfrozen\b|\bunfreez\w*|\bend[\s-]+to[\s-]+end\b|"
      r"\btrain(?:ed|ing)?\s+(?:the\s+)?(?:encoders?|backbones?)\b", False)]]
-_NEGATION = re.compile(r"\b(?:not|no|never|without|except|excluding|avoid\w*|rather\s+than|instead\s+of|other\s+than|"
-                       r"anything\s+but|don'?t|do\s+not|doesn'?t|won'?t|nor|too\s+slow\s+for)\b", re.I)
+# ("no more than 2M parameters with a GRU" names a bound, not an exclusion)
+_NEGATION = re.compile(r"\b(?:(?:not|no)(?!\s+(?:more|less|fewer|longer|later|only)\b)|never|without|except|excluding|"
+                       r"avoid\w*|rather\s+than|instead\s+of|other\s+than|anything\s+but|don'?t|do\s+not|doesn'?t|"
+                       r"won'?t|nor)\b", re.I)
 _FROM_SCRATCH = re.compile(r"\bfrom\s+scratch\b|\bno\s+pre-?train\w*|\bwithout\s+pre-?train\w*", re.I)
 _OPTIMIZE = re.compile(r"optimi[sz]e|maximi[sz]e|objective|target|judged?|measured|pick|select|rank|best\s+by|"
                        r"care\s+(?:most\s+)?about|score", re.I)

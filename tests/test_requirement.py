@@ -104,6 +104,8 @@ def _families(text: str, defaults: Task | None = None) -> set[str]:
     ("a convolutional encoder trained from scratch", {"small_cnn", "resnet"}),
     ("don't use a ViT", {"small_cnn", "resnet", "efficientnet_lite0"}),
     ("an attention-based model for phones", set()),
+    ("no more than 2M parameters with a GRU decoder", {"gru"}),
+    ("not only a GRU but an LSTM too", {"lstm", "gru"}),
 ])
 def test_families_by_name_synonym_and_negation(text: str, families: set[str]) -> None:
     assert _families(text) == families
