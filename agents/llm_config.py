@@ -1,13 +1,16 @@
 """How to reach each agent's model: plain, JSON-friendly settings (no client, no LangChain import), so the
 runtime context and the settings can hold them and `capnas --help` stays fast. `capnas.agents.llm` turns
-them into clients."""
+them into clients.
+
+They never hold a key, only the *name* of the environment variable that does: the context of a served run
+is stored by the server, and the CLI's is recorded in the journal, so a key in them would be a key at rest."""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Role = Literal["planner", "coder", "critic", "reporter"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -15,14 +18,15 @@ ROLE_HEADER = "X-Capnas-Role"  # tells servers and recorded-response tests which
 NO_KEY = "sk-no-key-needed"  # local servers take any key, but the openai client insists on one
 
 class LLMConfig(BaseModel):
-    """How to reach one model. The key comes from `api_key`, else the environment variable named by
-    `api_key_env`; a server with no key (llama.cpp, vLLM, Ollama) needs neither."""
+    """How to reach one model. The key comes from the environment variable named by `api_key_env`, read when
+    the client is built (in the process that makes the calls); a server with no key (llama.cpp, vLLM, Ollama)
+    needs none."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused field's error must not quote the value (it may be a pasted key)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str
     base_url: str | None = None  # None: OpenAI's own API
-    api_key: SecretStr | None = None
     api_key_env: str | None = None
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_output_tokens: int = Field(default=2048, gt=0)
@@ -34,16 +38,23 @@ class LLMConfig(BaseModel):
     # the legacy `max_tokens` in the body caps them too. OpenAI's reasoning models reject it: set False.
     send_max_tokens: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("api_key: settings never hold a key; put it in an environment variable of the process "
+                             "that calls the model and name that variable in api_key_env")
+        return data
+
     def resolve_api_key(self) -> str:
-        if self.api_key is not None:
-            return self.api_key.get_secret_value()
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
                 raise ValueError(f"api_key_env: environment variable {self.api_key_env} is not set or empty")
             return key
         if self.base_url is None:
-            raise ValueError(f"model {self.model!r}: OpenAI's API needs a key; set api_key or api_key_env")
+            raise ValueError(f"model {self.model!r}: OpenAI's API needs a key; name the environment variable "
+                             "holding it in api_key_env")
         return NO_KEY
 
 
@@ -51,7 +62,7 @@ class AgentModels(BaseModel):
     """A default model plus per-role overrides of any of its fields, e.g.
     `{"default": {"model": "qwen", "base_url": ...}, "roles": {"coder": {"max_output_tokens": 4096}}}`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     default: LLMConfig
     roles: dict[Role, dict[str, Any]] = {}
@@ -61,8 +72,10 @@ class AgentModels(BaseModel):
         for role in self.roles:
             try:
                 self.for_role(role)
-            except ValidationError as err:
-                raise ValueError(f"roles.{role}: {err}") from None
+            except ValidationError as err:  # one line, the messages only (never the values)
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                                     for e in err.errors())
+                raise ValueError(f"roles.{role}: {problems}") from None
         return self
 
     def for_role(self, role: Role) -> LLMConfig:

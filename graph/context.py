@@ -1,13 +1,16 @@
-"""Runtime settings of a run: what LangGraph passes to every node as `runtime.context`. Never checkpointed
-(it may name endpoints and key variables); the CLI stores a secret-free copy in the journal for `resume`.
+"""Runtime settings of a run: what LangGraph passes to every node as `runtime.context`. It holds no secret
+(`models` names the environment variables that hold keys, never a key), so the copy the CLI stores in the
+journal for `resume`, and the one LangGraph Server stores with a served run, are safe at rest.
 
 A pydantic model, so a served graph (LangGraph Server, Studio) that receives the context as JSON gets it
 validated and typed (`models` included) the same way `capnas run` does. These fields are the declaration of
-every runtime setting: `capnas.settings` derives the run flags and config keys from them."""
+every runtime setting: `capnas.settings` derives the run flags and config keys from them. `ServedContext` is
+the same record with the one default a served graph needs to differ: its workspace."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -19,7 +22,8 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class Context(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: an error about a refused field (a pasted `api_key`) must not quote it
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     run_dir: str = Field(".capnas", min_length=1, description="workspace: journal, checkpoints, artifacts, reports, log")
     generation: Generation = Field("spec", description="code (the LLM writes the module), spec (it fills an "
@@ -40,6 +44,11 @@ class Context(BaseModel):
                                                "search ends (a run with a baseline scores both arms after both end)")
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form settings for integrations")
 
+    @field_validator("run_dir")
+    @classmethod
+    def _expand_home(cls, value: str) -> str:
+        return str(Path(value).expanduser())
+
     @field_validator("device")
     @classmethod
     def _resolve_device(cls, value: str, info: ValidationInfo) -> str:
@@ -54,14 +63,8 @@ class Context(BaseModel):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def to_record(self) -> dict:
-        """A secret-free description for the journal: endpoints and model names, never keys."""
-        record = self.model_dump(mode="json", exclude={"models"})
-        models = None
-        if self.models is not None:
-            models = self.models.model_dump(mode="json")
-            for config in [models["default"], *models.get("roles", {}).values()]:
-                config.pop("api_key", None)
-        return {**record, "models": models}
+        """The description the journal keeps: endpoints, model names and key variables (no key is ever here)."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_record(cls, record: dict, models: AgentModels | None) -> Context:
@@ -71,3 +74,20 @@ class Context(BaseModel):
         if "workspace" in record and "run_dir" not in record:
             fields["run_dir"] = record["workspace"]
         return cls(**fields, models=models)
+
+
+def served_workspace() -> str:
+    """The workspace of a served run that names none: `~/.capnas`, outside any served tree. `langgraph dev`
+    reloads the server on every `.py` file written below the folder it serves (a candidate is one), and each
+    reload resumes the run from its last checkpoint."""
+    return str(Path.home() / ".capnas")
+
+
+class ServedContext(Context):
+    """The Context of the graph `langgraph.json` serves (LangGraph Server, Studio): `run_dir` defaults to
+    `served_workspace()` instead of `.capnas` in the current folder."""
+
+    run_dir: str = Field(default_factory=served_workspace, min_length=1,
+                         description="workspace: journal, checkpoints, artifacts, reports, log (default ~/.capnas; "
+                                     "keep it outside the served folder, or `langgraph dev` reloads on every "
+                                     "candidate it writes)")

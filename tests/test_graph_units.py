@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import ValidationError
 
 from capnas.agents.llm_config import AgentModels, LLMConfig
 from capnas.graph import routing
@@ -46,12 +46,18 @@ def test_the_graph_has_the_five_agents_and_the_loop() -> None:
 
 
 def test_the_journal_record_never_holds_a_key() -> None:
-    models = AgentModels(default=LLMConfig(model="m", base_url="http://127.0.0.1:1/v1", api_key=SecretStr("sk-secret")),
-                         roles={"coder": {"api_key": SecretStr("sk-coder")}})
+    models = AgentModels(default=LLMConfig(model="m", base_url="http://127.0.0.1:1/v1", api_key_env="CAPNAS_KEY"),
+                         roles={"coder": {"api_key_env": "CAPNAS_CODER_KEY"}})
     record = Context(models=models, threads=2).to_record()
-    assert "sk-" not in repr(record)
+    assert record["models"]["roles"]["coder"] == {"api_key_env": "CAPNAS_CODER_KEY"}  # the variable's name only
     restored = Context.from_record(record, models)
     assert (restored.threads, restored.generation, restored.models) == (2, "spec", models)
+    # A key itself is refused wherever it is put, and the refusal does not quote it.
+    for models in ({"default": {"model": "m", "api_key": "sk-secret"}},
+                   {"default": {"model": "m"}, "roles": {"coder": {"api_key": "sk-secret"}}}):
+        with pytest.raises(ValidationError, match="api_key_env") as err:
+            Context(models=models)
+        assert "sk-secret" not in str(err.value)
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from llm_server import ScriptedLLMServer, answer, hang, http_error, tool_call
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from capnas.agents.llm import (
     StructuredOutputError,
@@ -85,7 +85,9 @@ def test_missing_keys_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
         config.resolve_api_key()
     with pytest.raises(ValueError, match="needs a key"):
         LLMConfig(model="gpt-x").resolve_api_key()  # OpenAI's own API
-    assert "sk-secret" not in repr(LLMConfig(model="m", api_key=SecretStr("sk-secret")))
+    with pytest.raises(ValueError, match="api_key_env") as err:  # settings never hold a key, nor quote one
+        LLMConfig(model="m", api_key="sk-secret")
+    assert "sk-secret" not in str(err.value)
 
 
 def test_role_overrides_merge_onto_the_default(server: ScriptedLLMServer) -> None:
