@@ -9,8 +9,9 @@
                   +---------+
 
 `graph` (compiled without a checkpointer) is what `langgraph.json` serves: LangGraph Server and Studio bring
-their own persistence. The CLI and chat compile with a SqliteSaver; a team may pass a Postgres saver. The
-candidate branch is a subgraph, so it shares the parent's checkpointer and is checkpointed step by step too.
+their own persistence, and its context is a `ServedContext` (its workspace defaults to outside the served
+folder). The CLI and chat compile with a SqliteSaver; a team may pass a Postgres saver. The candidate branch
+is a subgraph, so it shares the parent's checkpointer and is checkpointed step by step too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 
 from capnas.graph import nodes, routing
-from capnas.graph.context import Context
+from capnas.graph.context import Context, ServedContext
 from capnas.graph.state import CandidateOutput, CandidateState, RunState
 
 
@@ -34,8 +35,8 @@ def build_candidate_graph():
     return g.compile(name="candidate")
 
 
-def build_graph(checkpointer=None):
-    g = StateGraph(RunState, context_schema=Context)
+def build_graph(checkpointer=None, context_schema: type[Context] = Context):
+    g = StateGraph(RunState, context_schema=context_schema)
     g.add_node("planner", nodes.planner_node)
     g.add_node("candidate", build_candidate_graph())
     g.add_node("evaluator", nodes.evaluator_node)
@@ -51,4 +52,4 @@ def build_graph(checkpointer=None):
     return g.compile(checkpointer=checkpointer, name="capnas")
 
 
-graph = build_graph()
+graph = build_graph(context_schema=ServedContext)

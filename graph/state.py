@@ -4,7 +4,11 @@ super-step; code, logs, curves and captions live in the journal instead."""
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
+
+# typing_extensions' TypedDict, not typing's: pydantic (which LangGraph Server uses to derive the input and output
+# schemas Studio shows) refuses typing.TypedDict before Python 3.12.
+from typing_extensions import TypedDict
 
 
 class RunState(TypedDict, total=False):
