@@ -91,15 +91,44 @@ def _harden_parent() -> tuple[str, ...]:
 # -- planning ----------------------------------------------------------------------------------------------
 
 
-def _package_dirs() -> list[str]:
-    """Source folders the harness imports from (capnas, capnas.sandbox, capnas.contracts): with an
-    editable install they live in the repository, which must not be mounted whole (it may hold .env)."""
-    dirs: list[str] = []
-    for name in ("capnas", "capnas.sandbox", "capnas.contracts"):
-        spec = importlib.util.find_spec(name)
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            dirs.append(os.path.realpath(loc))
-    return dirs
+HARNESS_PACKAGES = ("capnas", "capnas.contracts", "capnas.sandbox")  # all the harness imports of capnas
+
+
+def _package_locations() -> dict[str, str]:
+    """Where this process imports each package the harness needs from (its module's own folder, once imported).
+    With an editable install they live in a repository, which must not be mounted whole (it may hold .env);
+    and they need not all come from one place: `langgraph dev` in a clone imports `capnas` from the clone
+    and the organs through the editable install's finder, which may point at another folder."""
+    found: dict[str, str] = {}
+    for name in HARNESS_PACKAGES:
+        spec = importlib.util.find_spec(name)  # the imported module's own spec when it is in sys.modules
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if len(locations) != 1:
+            raise SandboxError(f"package {name} is imported from {locations or 'nowhere'}; the sandbox needs it "
+                               "in one folder: reinstall capnas (pip install -e . in the clone you run)")
+        found[name] = os.path.realpath(locations[0])
+    return found
+
+
+# The harness imports those packages from exactly those folders (mounted read-only), not from wherever the
+# interpreter's own search (site-packages, an editable install's finder) would find them inside the walls.
+_HARNESS_BOOT = """\
+import importlib.util, runpy, sys
+for name, path in {packages!r}:
+    spec = importlib.util.spec_from_file_location(name, path + "/__init__.py", submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    spec.loader.exec_module(module)
+runpy.run_module("capnas.sandbox.harness", run_name="__main__", alter_sys=True)
+"""
+
+
+def _harness_argv(job_file: Path, packages: dict[str, str]) -> list[str]:
+    boot = _HARNESS_BOOT.format(packages=list(packages.items()))
+    return [sys.executable, "-I", "-B", "-u", "-c", boot, str(job_file)]
 
 
 def _python_paths() -> list[str]:
@@ -202,7 +231,8 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
     # data through the real directory tree; where it cannot, the job stays uid 0 without any capability.
     run_uid: int | None = None
     drop_caps = False
-    python_paths, package_dirs = _python_paths(), _package_dirs()
+    python_paths, packages = _python_paths(), _package_locations()
+    package_dirs = list(packages.values())
     if host.is_root and tier.tier != "C":
         needed = python_paths + package_dirs + ([str(job.data_dir)] if job.data_dir else []) + [str(scratch.parent)]
         if is_a or all(_traversable_by_others(p) for p in needed):
@@ -264,7 +294,7 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
         landlock=tier.tier != "C" and host.landlock_ok, read_paths=read_paths, write_paths=write_paths,
         seccomp=tier.tier != "C" and host.seccomp_ok, rlimits=rlimits)
 
-    harness = [sys.executable, "-I", "-B", "-u", "-m", "capnas.sandbox.harness", str(scratch / JOB_FILE)]
+    harness = _harness_argv(scratch / JOB_FILE, packages)
     if is_a:
         mounts = BwrapMounts(
             read_only=python_paths + package_dirs + ([str(job.data_dir)] if job.data_dir else []),
