@@ -164,3 +164,21 @@ def test_the_planner_node_journals_the_evidence_and_hands_it_to_the_confirmation
     (event,) = Journal(tmp_path / "journal.sqlite").events("evidence", "task_evidence")
     assert event["payload"]["changed"] == payload["changed"]
     assert payload["changed"]["max_params"]["evidence"] == "under 1M parameters"
+
+
+def test_the_chat_table_shows_the_evidence_and_an_edit_makes_a_field_the_persons() -> None:
+    from rich.console import Console
+
+    from capnas.console.taskform import apply_edits, edited, task_table
+
+    task = Task(max_params=1_000_000, families=["gru"]).model_dump()
+    changed = {"max_params": {"value": 1_000_000, "evidence": "under 1M parameters", "source": "reader"},
+               "families": {"value": ["gru"], "evidence": "GRU decoder", "source": "reader"}}
+    after = apply_edits(task, "max_params=2M epochs=1")
+    now = edited(task, after, changed)
+    assert now["families"] == changed["families"]
+    assert {k: v["source"] for k, v in now.items()} == {"families": "reader", "max_params": "person", "epochs": "person"}
+    console = Console(record=True, width=220)
+    console.print(task_table(after, changed=now))
+    text = console.export_text()
+    assert "\u201cGRU decoder\u201d" in text and "(set by you)" in text and "under 1M parameters" not in text
