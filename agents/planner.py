@@ -123,13 +123,13 @@ _MAX_EVIDENCE_WORDS = 12
 
 def _evidence_ok(field: str, quote: str, requirement: str, found: Found, ignored: list[str]) -> str | None:
     """The LLM's quote as it stands in the requirement, or None (and a line in `ignored`) when it does not stand
-    there, is too long to point at one thing, says nothing of the field, or is where a quantity was read."""
+    there, is too long to point at one thing, says nothing of the field, or overlaps words the reader read."""
     span = find_quote(quote, requirement) if quote.strip() else None
     problem = ("no evidence" if not quote.strip() else
                "its evidence is not in the requirement" if span is None else
                "its evidence is too long" if len(quote.split()) > _MAX_EVIDENCE_WORDS else
                "its evidence says nothing about it" if not _EVIDENCE_WORDS[field].search(quote) else
-               "its evidence is a quantity" if any(a < span[1] and span[0] < b for a, b in found.spans()) else None)
+               "the reader read those words already" if any(a < span[1] and span[0] < b for a, b in found.spans()) else None)
     if problem:
         ignored.append(f"{field}: the LLM's answer was dropped: {problem} ({quote!r})")
         return None
@@ -163,6 +163,8 @@ def ground(requirement: str, defaults: Task, found: Found, draft: TaskDraft | No
             quote = draft.encoders_evidence if kind == "encoder" else draft.decoders_evidence  # type: ignore[union-attr]
             if words := _evidence_ok("families", quote, requirement, found, ignored):
                 chosen, source, quotes = [f for f in known if f in asked], "llm", quotes + [words]
+                if set(chosen) == set(known):  # every family of the kind: no constraint, nothing to change
+                    chosen = []
         chosen = [f for f in chosen if f not in excluded]
         if not chosen:  # nothing said of this kind (or every family excluded): the run's setting stands
             chosen = [f for f in defaults.families if f in known]

@@ -45,8 +45,10 @@ class Found:
     ignored: list[str] = field(default_factory=list)  # values read but out of bounds, said in one line each
 
     def spans(self) -> list[tuple[int, int]]:
-        """Where the quantities were read: an LLM's evidence for another field may not be one of them."""
-        return [r.span for r in self.values.values() if not isinstance(r.value, bool)]
+        """Every span the reader read a value from. An LLM's evidence may not overlap one: those words are read
+        already, and "a ViT encoder instead of a CNN" is no evidence for decoders."""
+        readings = [*self.values.values(), *(r for kind in (self.wanted, self.excluded) for rs in kind.values() for r in rs)]
+        return [r.span for r in readings]
 
 
 # -- numbers ------------------------------------------------------------------------------------------------

@@ -207,3 +207,16 @@ def test_the_requirement_set_without_an_llm() -> None:
             assert key in drafted.changed, (case["text"], key)
             assert all(find_quote(q, case["text"]) for q in drafted.changed[key].evidence.split("; ")), (case, key)
     assert right / total >= 0.9, f"{right}/{total}"
+
+
+def test_words_the_reader_read_are_no_evidence_for_the_llm_and_every_family_is_no_constraint() -> None:
+    text = "Use a ViT encoder instead of a CNN."
+    draft = TaskDraft(decoders=["lstm", "gru", "transformer"], decoders_evidence="ViT encoder instead of a CNN")
+    drafted = ground(text, Task(), read_requirement(text), draft)
+    assert drafted.task.families == ["vit"] and "read those words already" in drafted.ignored[0]
+    said = "any image model that looks at patches will do"
+    everything = TaskDraft(encoders=["small_cnn", "resnet", "vit", "efficientnet_lite0"],
+                           encoders_evidence="looks at patches")
+    assert ground(said, Task(), read_requirement(said), everything).changed == {}
+    assert ground(said, Task(), read_requirement(said), TaskDraft(encoders=["vit"], encoders_evidence="looks at patches")
+                  ).changed["families"].model_dump() == {"value": ["vit"], "evidence": "looks at patches", "source": "llm"}
