@@ -65,6 +65,8 @@ class RayRunner:
         with self._lock:
             if not ray.is_initialized():
                 _ray_logs_to_the_log()
+                if self.address is None:  # a local instance reports nothing to Ray's usage service (unless asked)
+                    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 # A local instance only when no address is given: never start one silently beside a cluster.
                 ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
                          include_dashboard=False, log_to_driver=False, configure_logging=False)
