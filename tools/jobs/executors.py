@@ -92,7 +92,7 @@ class RayRunner:
             self._processes |= _local_instance_processes()
             try:
                 ray.shutdown(wait_for_processes=True)
-            except TypeError:  # Ray before 2.5x: no waiting, _stop below still ends what is left
+            except TypeError:  # an older Ray: no waiting; _stop below still ends what is left
                 ray.shutdown()
             _stop(self._processes)
             self._processes = set()
