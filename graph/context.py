@@ -44,11 +44,6 @@ class Context(BaseModel):
                                                "search ends (a run with a baseline scores both arms after both end)")
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form settings for integrations")
 
-    @field_validator("run_dir")
-    @classmethod
-    def _expand_home(cls, value: str) -> str:
-        return str(Path(value).expanduser())
-
     @field_validator("device")
     @classmethod
     def _resolve_device(cls, value: str, info: ValidationInfo) -> str:
@@ -91,3 +86,9 @@ class ServedContext(Context):
                          description="workspace: journal, checkpoints, artifacts, reports, log (default ~/.capnas; "
                                      "keep it outside the served folder, or `langgraph dev` reloads on every "
                                      "candidate it writes)")
+
+    @field_validator("run_dir")
+    @classmethod
+    def _expand_home(cls, value: str) -> str:
+        """`~/runs` in JSON means the server user's home (no shell expands it on the way)."""
+        return str(Path(value).expanduser())
