@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,embedded,ray]'
+	$(PY) -m pip install -q -e '.[dev,embedded,ray,langgraph]'
 	touch $@
 
 demo: setup
