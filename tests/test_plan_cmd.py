@@ -1,6 +1,7 @@
 """`capnas plan TEXT --json`: the drafted task and each changed field's evidence, run in-process through the CLI.
 Fast ones read without an LLM or against the scripted server on 127.0.0.1; the slow one runs the acceptance set
-(tests/fixtures/requirements.json) through the embedded local model (CAPNAS_PLAN_MODEL=1.5b for the larger)."""
+(tests/fixtures/requirements.json) through the embedded local model (CAPNAS_PLAN_MODEL=1.5b for the larger;
+a slice of the set unless CAPNAS_PLAN_CASES=all)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from capnas.tools.task import Budgets, Task
 from llm_server import ScriptedLLMServer, tool_call
 
 FIXTURES = Path(__file__).parent / "fixtures" / "requirements.json"
+CI_EVERY = 4  # the slow test's slice of the requirement set in CI
 CHAT_EXAMPLE = "I need a small captioning model for phones, under 1M parameters, with a GRU decoder"
 
 
@@ -96,11 +98,15 @@ def test_the_requirement_set_through_the_embedded_model(capsys) -> None:
 
     fixture = json.loads(FIXTURES.read_text())
     name = os.environ.get("CAPNAS_PLAN_MODEL", "0.5b")
+    # The whole set takes 11-16 min on 2 cores: CI runs every 4th case (the chat example first);
+    # CAPNAS_PLAN_CASES=all runs all of them (the figures in the README come from that).
+    cases = fixture["cases"] if os.environ.get("CAPNAS_PLAN_CASES") == "all" else fixture["cases"][::CI_EVERY]
+    assert cases[0]["text"] == CHAT_EXAMPLE
     right = total = set_right = set_total = 0
     unfounded, misses = [], []
     with embedded_models(name) as (models, line):
         url = models.default.base_url
-        for case in fixture["cases"]:
+        for case in cases:
             code, data, output = _plan(case["text"], "--llm-base-url", url, "--llm-model", models.default.model,
                                        *_flags(case))
             assert code == 0, output
@@ -122,7 +128,7 @@ def test_the_requirement_set_through_the_embedded_model(capsys) -> None:
                 assert data["task"]["max_params"] == 1_000_000 and set(data["task"]["families"]) - {
                     "small_cnn", "resnet", "vit", "efficientnet_lite0"} == {"gru"}
     with capsys.disabled():
-        print(f"\n{line}: {right}/{total} asserted fields right ({right / total:.1%}); the fields the cases set: "
+        print(f"\n{line}, {len(cases)} of {len(fixture['cases'])} cases: {right}/{total} asserted fields right ({right / total:.1%}); the fields the cases set: "
               f"{set_right}/{set_total}; changed without evidence: {len(unfounded)}")
         for miss in misses:
             print("  miss:", miss)
