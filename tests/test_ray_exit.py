@@ -176,3 +176,7 @@ def test_a_cluster_at_ray_address_is_left_running(tmp_path: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+        # `ray start` names its cluster in /tmp/ray/ray_current_cluster and leaves the file when stopped
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and f":{port}" in current.read_text():
+            current.unlink()

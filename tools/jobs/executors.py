@@ -67,8 +67,10 @@ class RayRunner:
                 _ray_logs_to_the_log()
                 if self.address is None:  # a local instance reports nothing to Ray's usage service (unless asked)
                     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                # A local instance only when no address is given: never start one silently beside a cluster.
-                ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                # No address: a new local instance ("local"), never the cluster Ray would otherwise look up in
+                # $RAY_ADDRESS or /tmp/ray/ray_current_cluster (a stopped `ray start` leaves that file behind,
+                # and ray.init then waits on a dead cluster). --ray-address is the way to join one.
+                ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
                          include_dashboard=False, log_to_driver=False, configure_logging=False)
                 self._connected = True
                 atexit.register(self.shutdown)  # runs before Ray's own exit hook (registered at import)
