@@ -267,14 +267,14 @@ def test_patience_stops_training_once_val_cider_stops_improving(shapes, evaluato
 
 
 def _kill_harness() -> None:
-    """SIGKILL the sandboxed harness process (python -m capnas.sandbox.harness) below this test process."""
+    """SIGKILL the sandboxed harness process (python running capnas.sandbox.harness) below this test process."""
     victims = []
     for proc in proctree.descendants(os.getpid()):
         try:
             argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if Path(argv[0].decode()).name.startswith("python") and b"capnas.sandbox.harness" in argv:
+        if Path(argv[0].decode()).name.startswith("python") and any(b"capnas.sandbox.harness" in a for a in argv):
             victims.append(proc.pid)
     assert len(victims) == 1, f"expected one harness process below {os.getpid()}, found {victims}"
     os.kill(victims[0], signal.SIGKILL)
