@@ -58,6 +58,8 @@ CONTEXT_KEYS = ("generation", "concurrency", "executor", "ray_address", "device"
 APP_KEYS = tuple(AppSettings.model_fields)
 # Renamed in the task record, so that the flag reads as English: `confirm` is Context.confirm_task.
 CONFIRM_FIELD = ("confirm", Context.model_fields["confirm_task"])
+# Settings whose value is never echoed in an error: a person may have pasted a key into them.
+SECRET_BEARING = {"llm_roles"}
 # Settings only a config file or the Python API sets (no flag): nested or people-only values.
 NO_FLAG = {"llm_roles", "confirm"}
 
@@ -96,6 +98,17 @@ class _RunSettingsBase(BaseModel):
     def _comma_list(cls, value: Any) -> Any:
         """`--families small_cnn,gru` (and the same string in a config file) is a list of names."""
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("llm_roles", check_fields=False)
+    @classmethod
+    def _roles_are_valid(cls, roles: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Per-role overrides are checked in every mode, against a stand-in default: a key pasted into
+        `llm_roles.coder.api_key` is refused even by a run that serves the embedded model or none."""
+        try:
+            AgentModels(default=LLMConfig(model="stand-in"), roles=roles)
+        except ValidationError as err:
+            raise ValueError("; ".join(e["msg"].replace("Value error, ", "") for e in err.errors())) from None
+        return roles
 
     def check_dataset(self, where=flag) -> None:
         """The dataset file and its image folder exist and read as a dataset (the same reader the run uses),
@@ -168,7 +181,8 @@ def _explain(err: ValidationError, config: Path | None, flags: dict[str, Any], d
         if not key:  # a rule between settings: its message names them
             problems.append(f"{'config file ' + str(config) if config else 'settings'}: {_allowed(key, e)}")
             continue
-        where = f"{flag(key)} {data.get(key)!r}" if key in flags else f"config file {config}: {key}: {data.get(key)!r}"
+        shown = "" if key in SECRET_BEARING else f" {data.get(key)!r}"  # may hold a pasted key: never echoed
+        where = f"{flag(key)}{shown}" if key in flags else f"config file {config}: {key}{shown and ':' + shown}"
         problems.append(f"{where}: {_allowed(key, e)}")
     return "; ".join(problems)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -193,3 +195,15 @@ def test_fingerprint_follows_json_and_image_folder(make_karpathy) -> None:
     assert load_dataset(str(path)).fingerprint == before
     Image.new("RGB", (5, 5)).save(path.parent / "images" / "img03.png")
     assert load_dataset(str(path)).fingerprint != before
+
+
+def test_fingerprint_is_the_content_not_the_copy(make_karpathy, tmp_path) -> None:
+    """A copy of the same files with new mtimes (a re-synced share) keys the same prepared cache; unlisted files don't count."""
+    path = make_karpathy()
+    before = load_dataset(str(path)).fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(path.parent, copy)  # copytree keeps mtimes: move them on, as a fresh sync would
+    for image in (copy / "images").iterdir():
+        os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**12))
+    (copy / "images" / "notes.txt").write_text("not an image of the data set")
+    assert load_dataset(str(copy / path.name), images=copy / "images").fingerprint == before

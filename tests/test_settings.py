@@ -139,6 +139,14 @@ def test_a_bad_config_file_is_one_line_naming_the_key(tmp_path: Path, text: str,
     assert named in line and "run.yaml" in line
 
 
+@pytest.mark.parametrize("generation", ["random", "spec"])
+def test_a_key_pasted_into_a_role_is_refused_in_every_mode_and_never_echoed(tmp_path: Path, generation: str) -> None:
+    (tmp_path / "run.yaml").write_text(f"generation: {generation}\nllm_roles:\n  coder:\n    api_key: sk-pasted-1234\n")
+    line = _refused(tmp_path, "run", "--config", "run.yaml")
+    assert "roles.coder: api_key: settings never hold a key" in line and "api_key_env" in line
+    assert "sk-pasted" not in line
+
+
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     assert "--config nope.yaml: no such file" in _refused(tmp_path, "run", "--config", "nope.yaml")
 
