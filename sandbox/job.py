@@ -44,6 +44,8 @@ class Job(BaseModel):
     entry: Entry
     scratch: Path
     data_dir: Path | None = None
+    # Files from outside scratch the job reads (a parent's weights), each mounted read-only at its own path.
+    inputs: list[Path] = Field(default_factory=list)
     args: dict[str, Any] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     device: str = "cpu"  # "cpu" or "cuda" / "cuda:N"

@@ -205,6 +205,10 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
         if not data_dir.is_dir():
             raise ValueError(f"job.data_dir {job.data_dir} is not a directory: prepare the dataset first")
         updates["data_dir"] = data_dir
+    inputs = [Path(os.path.realpath(f)) for f in job.inputs]
+    if missing := [str(f) for f in inputs if not f.is_file()]:
+        raise ValueError(f"job.inputs {', '.join(missing)}: no such file (an input is a file the job reads)")
+    updates["inputs"] = inputs
     if job.entry == "script":
         if job.script is None or not Path(job.script).is_file():
             raise ValueError(f"job.script {job.script} is not a file: entry 'script' needs a Python file to run")
@@ -234,7 +238,8 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
     python_paths, packages = _python_paths(), _package_locations()
     package_dirs = list(packages.values())
     if host.is_root and tier.tier != "C":
-        needed = python_paths + package_dirs + ([str(job.data_dir)] if job.data_dir else []) + [str(scratch.parent)]
+        needed = python_paths + package_dirs + ([str(job.data_dir)] if job.data_dir else []) + [str(scratch.parent)] \
+            + [str(f.parent) for f in inputs]
         if is_a or all(_traversable_by_others(p) for p in needed):
             run_uid = RUN_UID_BASE + secrets.randbelow(RUN_UID_SPAN)
         else:
@@ -244,6 +249,9 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
         if mode & 0o005 != 0o005:
             raise ValueError(f"job.data_dir {job.data_dir} is not readable by other users (mode {mode & 0o777:o}); "
                              "the sandbox runs as its own uid: chmod -R a+rX it")
+    if run_uid is not None and (unreadable := [str(f) for f in inputs if os.stat(f).st_mode & 0o004 == 0]):
+        raise ValueError(f"job.inputs {', '.join(unreadable)} not readable by other users; the sandbox runs as "
+                         "its own uid: chmod a+r them")
 
     private_tmp = None
     if is_a:
@@ -267,6 +275,7 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
     write_paths = [str(scratch), tmp, "/dev/null", "/dev/zero", "/dev/full", "/dev/shm"]
     if job.data_dir is not None:
         read_paths.append(str(job.data_dir))
+    read_paths += [str(f) for f in inputs]
     if is_a:
         read_paths.append("/proc")  # bwrap's own procfs: only the sandbox's processes
     else:  # the host's /proc: only what torch's CPU detection reads, never other processes' files
@@ -297,7 +306,7 @@ def _plan(job: Job, tier: TierInfo, run_id: str) -> _Plan:
     harness = _harness_argv(scratch / JOB_FILE, packages)
     if is_a:
         mounts = BwrapMounts(
-            read_only=python_paths + package_dirs + ([str(job.data_dir)] if job.data_dir else []),
+            read_only=python_paths + package_dirs + ([str(job.data_dir)] if job.data_dir else []) + [str(f) for f in inputs],
             read_write=[str(scratch)], tmp_mb=limits.tmp_mb,
             gpu_devices=list(host.gpu_devices) if gpu_index is not None else [])
         assert host.bwrap is not None

@@ -78,6 +78,21 @@ def build_prm(module, hparams: dict[str, Any], max_len: int) -> dict[str, Any]:
     return prm
 
 
+def inherit_weights(model: torch.nn.Module, path: Path) -> dict[str, int]:
+    """Copy into `model` every tensor of the state_dict at `path` (a parent's weights) whose name and shape
+    match one of the model's; the rest keep their fresh init. Counts what was copied: state-dict tensors
+    (buffers included) and scalar parameters, beside the model's totals."""
+    parent = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs on load
+    own = model.state_dict()
+    matched = {k: v for k, v in parent.items()
+               if isinstance(v, torch.Tensor) and k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    names = dict(model.named_parameters())
+    return {"tensors": len(matched), "of_tensors": len(own),
+            "params": sum(names[k].numel() for k in matched if k in names),
+            "of_params": sum(p.numel() for p in names.values())}
+
+
 def optimizer_states(model: torch.nn.Module) -> dict[str, Any]:
     """state_dicts of every optimizer and LR scheduler that `train_setup` stored as an attribute of the model."""
     kinds = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
@@ -226,8 +241,10 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     args: vocab_size (required), hparams {}, epochs 10, train_time_s (total over resumes; none by default),
     batch_size 32, seed 0, bf16 True (CUDA only), eval_every 1 (epochs between val generations; the last epoch
     always generates), log_every 20 (batches between `step` events), threads (torch's CPU threads; None: torch's
-    default, one per core), features (a key under `features/`: train on those frozen-encoder tokens, not images).
-    Resumes after the last committed epoch when `checkpoint.pt` exists. Returns the JSON-able result."""
+    default, one per core), features (a key under `features/`: train on those frozen-encoder tokens, not images),
+    inherit (a read-only weights file, a parent's: matching tensors are loaded before `train_setup`).
+    Resumes after the last committed epoch when `checkpoint.pt` exists; a larger `epochs` than the checkpoint was
+    written under trains on from it (a promotion to the next rung). Returns the JSON-able result."""
     t0 = time.perf_counter()
     dev = torch.device(device)
     vocab_size = int(args["vocab_size"])
@@ -255,11 +272,16 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     module = load_candidate(scratch / "candidate.py")
     prm = build_prm(module, args.get("hparams") or {}, max_len)
     model = module.Net((batch_size, 3, h, w), (vocab_size,), prm, dev)
+    ckpt_path = scratch / CHECKPOINT_FILE
+    inherited = None
+    if args.get("inherit") and not ckpt_path.exists():  # before train_setup, so its optimizer sees these weights
+        inherited = inherit_weights(model, Path(args["inherit"]))
+        print(f"inherited {inherited['tensors']}/{inherited['of_tensors']} tensors, "
+              f"{inherited['params']:,}/{inherited['of_params']:,} parameters from the parent's weights")
     model.train_setup(prm)
     params = sum(p.numel() for p in model.parameters())
 
     done_epoch, curve, spent_s = 0, [], 0.0
-    ckpt_path = scratch / CHECKPOINT_FILE
     if ckpt_path.exists():  # resume: continue after the last committed epoch
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state over.
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -267,9 +289,11 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
         load_optimizer_states(model, ckpt["optimizers"])
         set_rng_state(ckpt["rng"])
         done_epoch, curve, spent_s = ckpt["epoch"], ckpt["curve"], ckpt["spent_s"]
+        inherited = ckpt.get("inherited")
         print(f"resumed after epoch {done_epoch} ({spent_s:.1f} s of training spent)")
     emit("start", params=params, train_images=n, val_images=len(val_images), epochs=epochs, device=str(dev),
-         prm=prm, resumed_from=done_epoch, curve=curve, bf16=autocast, inputs=features or "images")
+         prm=prm, resumed_from=done_epoch, curve=curve, bf16=autocast, inputs=features or "images",
+         inherited=inherited)
 
     stopped = stop_requested(scratch) or ("time_budget" if spent_s >= budget_s else None)
     epoch = done_epoch
@@ -298,7 +322,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
                  "ids": val_ids_file(epoch) if generate else None}
         curve.append(point)
         save_atomic({"model": model.state_dict(), "optimizers": optimizer_states(model), "rng": rng_state(),
-                     "epoch": epoch, "curve": curve, "spent_s": spent_s}, ckpt_path)
+                     "epoch": epoch, "curve": curve, "spent_s": spent_s, "inherited": inherited}, ckpt_path)
         print(f"epoch {epoch}/{epochs}: loss {loss:.4f}, {point['images_per_s']:.0f} images/s, train {train_s:.1f} s, "
               f"generate {gen_s:.1f} s{' (partial: time budget)' if point['partial'] else ''}")
         emit("epoch", **point, weights=weights_file(epoch))
@@ -311,7 +335,7 @@ def train(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, devic
     return {"params": params, "prm": prm, "curve": curve, "stopped": stopped, "epochs_done": len(curve),
             "images_per_s": round(seen / learn_s, 1) if learn_s > 0 else None, "spent_s": round(spent_s, 2),
             "duration_s": round(time.perf_counter() - t0, 2), "device": str(dev), "bf16": autocast,
-            "inputs": features or "images"}
+            "inputs": features or "images", "inherited": inherited}
 
 
 # -- the `generate` entry ----------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ The run dir is the job's whole state, so a call is idempotent and resumable:
     run_dir/val_captions.json   the best epoch's captions, COCO results format (what `capnas eval` reads)
     run_dir/train_result.json   the TrainResult, once the job has finished
     run_dir/test_captions.json, test_metrics.json   written by `score_test`
+    run_dir/inherited_weights.pt  a read-only copy of the parent's weights the job started from (`inherit`)
 
 A job whose harness was killed (signal) returns `finished=False`; calling `train_candidate` again with the same
 run dir continues after the last committed epoch (at most the epoch in flight is lost). A finished job returns
-its stored result without training.
+its stored result without training, unless `reopen` gave it more epochs (a promotion to the next rung of a
+multi-fidelity schedule): then it trains on from the checkpoint that `keep_checkpoint` kept, and no epoch is
+trained twice.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ SCORES_FILE = "scores.json"
 RESULT_FILE = "train_result.json"
 VAL_CAPTIONS_FILE = "val_captions.json"
 TEST_CAPTIONS_FILE = "test_captions.json"  # written once, by score_test
+INHERIT_FILE = "inherited_weights.pt"  # the parent's weights, copied once when the job first runs
 STARTUP_S = 120.0  # interpreter, torch, data onto the device, model construction: on top of the time budget
 N_SAMPLES = 5
 
@@ -100,6 +104,8 @@ class TrainResult(BaseModel):
     val_captions: Path | None
     samples: list[SampleCaption] = Field(default_factory=list, description="best-epoch captions beside references")
     error: str | None = Field(None, description="why the job failed: the end of the harness's stderr")
+    inherited: dict[str, int] | None = Field(None, description="tensors and parameters loaded from the parent's "
+                                             "weights (of the model's totals); None: a fresh init")
     duration_s: float = Field(description="wall time of the call that finished (or interrupted) the job")
     sandbox: dict[str, Any] = Field(default_factory=dict)
 
@@ -134,6 +140,8 @@ def train_candidate(
     on_event: EventCallback | None = None,
     runner: Callable[..., SandboxResult] | None = None,
     features: str | None = None,
+    inherit: str | Path | None = None,
+    keep_checkpoint: bool = False,
 ) -> TrainResult:
     """Train candidate `code` on `prepared` (its sandbox view is all the job sees) and score it on val.
 
@@ -145,7 +153,10 @@ def train_candidate(
     torch's default). `evaluator` is reused for the final metrics when given (its METEOR process is slow to start).
     `runner` runs the sandboxed job (default: a child process here; see `capnas.tools.jobs.executors` for Ray).
     `features` is the key of stored frozen-encoder tokens (`capnas.tools.data.features.ensure_features`) to train on
-    instead of images, for a candidate whose encoder is that frozen encoder.
+    instead of images, for a candidate whose encoder is that frozen encoder. `inherit` is a parent's weights file:
+    the job starts from every tensor whose name and shape match (a copy is taken into the run dir when the job
+    first runs, mounted read-only; a resumed call uses that copy). `keep_checkpoint` keeps the last checkpoint of
+    a job that ran all its epochs, so that `reopen` can promote it to more.
     `on_event` receives the harness's events (start, step, epoch, stopping) and this side's (val, early_stop,
     evaluating), from a background thread.
 
@@ -160,8 +171,11 @@ def train_candidate(
     spec = {"code_sha256": hashlib.sha256(code.encode()).hexdigest(), "prepared": prepared.dir.name,
             "hparams": dict(sorted((hparams or {}).items())), "epochs": epochs, "batch_size": batch_size,
             "seed": seed, "patience": patience, "eval_every": eval_every}
+    if inherit is not None:
+        spec["inherit"] = True
     if (stored := _claim_run_dir(run_dir, spec)) is not None:
         return stored
+    inputs = [_inherited_copy(run_dir, Path(inherit))] if inherit is not None else []
     check_java()  # fail before training, not after the first epoch
     job_dir = run_dir / JOB_DIR
     job_dir.mkdir(exist_ok=True)
@@ -172,10 +186,11 @@ def train_candidate(
     refs = split_references(dataset, "val", val_image_ids)
     book = _ScoreBook(run_dir, CiderScorer(refs), val_image_ids, prepared, patience, on_event)
     events = _EventLog(book, on_event)
-    job = Job(entry="train", scratch=job_dir, data_dir=prepared.sandbox_dir, device=device,
+    job = Job(entry="train", scratch=job_dir, data_dir=prepared.sandbox_dir, device=device, inputs=inputs,
               args={"vocab_size": len(prepared.vocab), "hparams": dict(hparams or {}), "epochs": epochs,
                     "train_time_s": train_time_s, "batch_size": batch_size, "seed": seed, "bf16": bf16,
-                    "eval_every": eval_every, "threads": threads, "features": features},
+                    "eval_every": eval_every, "threads": threads, "features": features,
+                    "inherit": str(inputs[0]) if inputs else None},
               limits=Limits(wall_s=STARTUP_S + (1.25 * train_time_s if train_time_s else 7 * 86400.0),
                             memory_mb=memory_mb))
     book.start()
@@ -201,6 +216,7 @@ def train_candidate(
         metrics={}, params=(harness or events.start).get("params"),
         images_per_s=harness.get("images_per_s") if harness else None,
         hparams=(harness or events.start).get("prm") or {}, device=device, run_dir=run_dir,
+        inherited=(harness or events.start).get("inherited"),
         best_weights=None, val_ids=None, val_captions=None, error=_failure(sandbox, book),
         duration_s=round(time.monotonic() - started, 2),
         sandbox={"exit_reason": sandbox.exit_reason, "tier": sandbox.tier, "duration_s": sandbox.duration_s,
@@ -208,7 +224,7 @@ def train_candidate(
                  "cpu_s": sandbox.cpu_s})
     if not finished:
         return result
-    return _finish(result, book, refs, evaluator, on_event)
+    return _finish(result, book, refs, evaluator, on_event, keep_checkpoint)
 
 
 def score_test(result: TrainResult, prepared: PreparedDataset, dataset: CaptionDataset, *,
@@ -436,7 +452,7 @@ def _full_metrics(refs: Mapping[int, list[str]], captions: Mapping[int, str], ev
 
 
 def _finish(result: TrainResult, book: _ScoreBook, refs: dict[int, list[str]], evaluator: CaptionEvaluator | None,
-            on_event: EventCallback | None) -> TrainResult:
+            on_event: EventCallback | None, keep_checkpoint: bool = False) -> TrainResult:
     """Every metric for the best epoch's val captions; store the result; drop what a finished job no longer needs."""
     run_dir, job_dir = result.run_dir, result.run_dir / JOB_DIR
     best = result.best_epoch
@@ -454,13 +470,57 @@ def _finish(result: TrainResult, book: _ScoreBook, refs: dict[int, list[str]], e
             "samples": [SampleCaption(image_id=i, caption=captions[i], references=refs[i])
                         for i in book.image_ids[:N_SAMPLES]]})
     _write_json_atomic(run_dir / RESULT_FILE, result.model_dump(mode="json"))
-    (job_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if not (keep_checkpoint and result.exit_reason == "epochs"):  # only a job that ran all its epochs goes on
+        (job_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     for path in job_dir.glob("weights_epoch*.pt"):
         if best is None or path.name != weights_file(best):
             path.unlink(missing_ok=True)
     for leftover in job_dir.glob(".*.tmp"):  # a write the kill interrupted
         leftover.unlink(missing_ok=True)
     return result
+
+
+def reopen(run_dir: str | Path, epochs: int) -> None:
+    """Give a finished job more epochs: the next `train_candidate` call with `epochs` continues from its kept
+    checkpoint (model, optimizers, schedulers, RNG and epoch counter) instead of returning the stored result.
+    Idempotent, and safe to repeat after a crash at any point (the stored result goes before the spec changes).
+    Raises ValueError when the job cannot go on: it has not finished, it ended for another reason than its
+    epochs (an early stop, the time budget, a failure), or it was trained without `keep_checkpoint`."""
+    run_dir = Path(run_dir).resolve()
+    spec_path, result_path, ckpt = run_dir / SPEC_FILE, run_dir / RESULT_FILE, run_dir / JOB_DIR / CHECKPOINT_FILE
+    if not spec_path.exists():
+        raise ValueError(f"{run_dir} holds no training job to reopen; train it first")
+    spec = json.loads(spec_path.read_text())
+    if spec["epochs"] >= epochs:
+        if spec["epochs"] == epochs:
+            return  # reopened already (a resumed promotion)
+        raise ValueError(f"the job in {run_dir} already runs {spec['epochs']} epochs; reopen it for more, not {epochs}")
+    if result_path.exists():
+        done = TrainResult.model_validate_json(result_path.read_text())
+        if done.exit_reason != "epochs":
+            raise ValueError(f"the job in {run_dir} ended by {done.exit_reason}, not by running its epochs: it cannot "
+                             "train on")
+        if not ckpt.exists():
+            raise ValueError(f"the job in {run_dir} kept no checkpoint (train it with keep_checkpoint=True to "
+                             "promote it later)")
+        result_path.unlink()
+    elif not ckpt.exists():
+        raise ValueError(f"the job in {run_dir} has no checkpoint to continue from; train it first")
+    _write_json_atomic(spec_path, {**spec, "epochs": epochs})
+
+
+def _inherited_copy(run_dir: Path, source: Path) -> Path:
+    """The run dir's read-only copy of the parent's weights, taken on the first call (a parent promoted later
+    prunes its old best epoch, so a resumed job must not read the parent's files)."""
+    dest = run_dir / INHERIT_FILE
+    if not dest.exists():
+        if not source.is_file():
+            raise ValueError(f"the parent's weights {source} do not exist: train the parent first, or pass inherit=None")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.chmod(0o444)  # the sandbox mounts it read-only too; readable by the sandbox's own uid
+        os.replace(tmp, dest)
+    return dest
 
 
 def remove_run(run_dir: str | Path) -> None:
