@@ -2,8 +2,10 @@
 
 The parent (`capnas.tools.data.features`) writes into `candidate.py` a rendered module whose `build_encoder()` is the
 frozen extractor, the very code every candidate with that encoder runs; this entry calls it in eval mode over
-the prepared images and writes `<split>.features.pt` (float16 `[N, T, D]`, prepared order) into the scratch
-dir. The parent then moves the files beside the prepared data, where training jobs read them instead of images.
+the prepared images and writes `<split>.features.npy` (float16 `[N, T, D]`, prepared order) and the ids of its
+images into the scratch dir, batch by batch at each batch's offset: the job holds one batch of tokens, not a
+split's (COCO's train tokens are 15 GB). The parent then moves the files beside the prepared data, where
+training jobs read them instead of images.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from capnas.sandbox import prepared
@@ -28,13 +31,20 @@ def extract(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, dev
     batch_size = int(args.get("batch_size", 64))
     shapes: dict[str, list[int]] = {}
     for split in args.get("splits") or ["train", "val"]:
-        images = prepared.load_images(data_dir, split)
-        chunks = []
+        images = prepared.load_images(data_dir, split)  # memory-mapped: pages come and go as batches pass
+        path = scratch / f"{split}.features.npy"
+        writer: prepared.RowWriter | None = None
         for i, chunk in enumerate(images.split(batch_size)):
-            chunks.append(encoder(to_float(chunk, dev)).to(torch.float16).cpu())
+            tokens = encoder(to_float(chunk, dev)).to(torch.float16).cpu()
+            if writer is None:  # the token shape is known once the encoder has run
+                writer = prepared.RowWriter(path, np.float16, (len(images), *tokens.shape[1:]))
+            writer.write(i * batch_size, tokens.numpy())
             emit("features_step", split=split, images=min((i + 1) * batch_size, len(images)), of=len(images))
-        tokens = torch.cat(chunks)
-        prepared.save_features(scratch / f"{split}.features.pt", tokens, prepared.load_image_ids(data_dir, split))
-        shapes[split] = list(tokens.shape)
-        print(f"features {split}: {list(tokens.shape)} ({time.perf_counter() - t0:.1f} s so far)")
+        if writer is None:
+            raise RuntimeError(f"split {split!r} has no images to extract features from")
+        writer.close()
+        ids = np.asarray(prepared.load_image_ids(data_dir, split), np.int64)
+        prepared.write_array(prepared.features_ids_file(path), ids)
+        shapes[split] = list(writer.shape)
+        print(f"features {split}: {list(writer.shape)} ({time.perf_counter() - t0:.1f} s so far)")
     return {"shapes": shapes, "seconds": round(time.perf_counter() - t0, 2), "device": str(dev)}

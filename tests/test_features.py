@@ -39,7 +39,8 @@ def stored(shapes):
     """The features extracted by a real sandboxed job, and what that job reported."""
     _, prepared = shapes
     events: list[dict] = []
-    key, result = ensure_features(prepared, "efficientnet_lite0", threads=1, on_event=events.append)
+    key, result = ensure_features(prepared, "efficientnet_lite0", threads=1, on_event=events.append,
+                                  on_progress=events.append)
     return key, result, events
 
 
@@ -61,6 +62,12 @@ def test_extraction_stores_tokens_for_train_and_val_in_the_sandbox_view(shapes, 
     assert result["shapes"] == {"train": [160, 4, 1280], "val": [20, 4, 1280]}
     assert result["layers"], "the extraction ran inside the sandbox's walls"
     assert [e["split"] for e in events if e.get("event") == "features_step"] == ["train"] * 3 + ["val"]
+    # Progress for a person: each split reported from its first batch to its end, in the same events as a build's.
+    progress = [e for e in events if e.get("event") == "progress"]
+    assert {e["step"] for e in progress} == {"extract"}
+    for split, total in (("train", 160), ("val", 20)):
+        done = [e["done"] for e in progress if e["split"] == split]
+        assert done[-1] == total and done == sorted(done) and {e["total"] for e in progress if e["split"] == split} == {total}
     for split in SPLITS:
         path = prepared_format.features_file(prepared.sandbox_dir, key, split)
         assert path.is_file() and path.stat().st_mode & 0o004, "readable by a job's own uid"

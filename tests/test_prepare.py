@@ -33,7 +33,7 @@ def test_shapes_cache_is_built_once_then_reused(cache_root: Path, monkeypatch: p
     again = prepare_dataset(load_dataset("shapes:40"), image_size=32, max_len=28, min_count=1, cache_root=cache_root)
     assert (again.built, again.decoded) == (False, 0)
     assert again.dir == first.dir and again.vocab == first.vocab
-    assert [p.name for p in cache_root.iterdir()] == [first.dir.name]  # no temp leftovers
+    assert [p.name for p in cache_root.iterdir() if p.suffix != ".lock"] == [first.dir.name]  # no partial leftovers
 
 
 def test_shapes_cache_holds_the_contract_tensors(cache_root: Path) -> None:
@@ -41,8 +41,9 @@ def test_shapes_cache_holds_the_contract_tensors(cache_root: Path) -> None:
     ready = prepare_dataset(dataset, image_size=32, max_len=28, min_count=1, cache_root=cache_root)
     assert ready.split_sizes == {"train": 32, "val": 4, "test": 4}
     assert sorted(p.name for p in ready.dir.iterdir()) == [
-        "meta.json", "sandbox_view", "test.captions.pt", "test.images.pt", "train.captions.pt", "train.images.pt",
-        "val.captions.pt", "val.images.pt", "vocab.json",
+        "meta.json", "sandbox_view", "test.captions.npy", "test.image_ids.npy", "test.images.npy",
+        "train.captions.npy", "train.image_ids.npy", "train.images.npy",
+        "val.captions.npy", "val.image_ids.npy", "val.images.npy", "vocab.json",
     ]  # fmt: skip
 
     val = ready.load_split("val")
@@ -69,7 +70,7 @@ def test_split_loads_memory_mapped(cache_root: Path) -> None:
     assert torch.equal(mapped.images, loaded.images) and torch.equal(mapped.captions, loaded.captions)
     maps = Path("/proc/self/maps")
     if maps.exists():  # Linux: the file is mapped into this process rather than read into fresh memory
-        assert str(ready.dir / "train.images.pt") in maps.read_text()
+        assert str(ready.dir / "train.images.npy") in maps.read_text()
     with pytest.raises(DatasetError, match="unknown split 'dev'"):
         ready.load_split("dev")
 
@@ -131,7 +132,7 @@ def test_crash_mid_build_leaves_no_cache(make_karpathy, cache_root: Path) -> Non
     (path.parent / "images" / "img08.png").write_bytes(b"broken")
     with pytest.raises(DatasetError, match=rf"cannot decode image {path.parent / 'images' / 'img08.png'}"):
         prepare_dataset(load_dataset(str(path)), image_size=16, max_len=12, min_count=1, cache_root=cache_root)
-    assert list(cache_root.iterdir()) == []
+    assert [p.name for p in cache_root.iterdir() if p.suffix != ".lock"] == []
 
     Image.new("RGB", (9, 9)).save(path.parent / "images" / "img08.png")
     assert prepare_dataset(load_dataset(str(path)), image_size=16, max_len=12, min_count=1, cache_root=cache_root).built
@@ -178,13 +179,14 @@ def test_sandbox_view_holds_no_reference_captions_of_val_or_test(cache_root: Pat
     ready = prepare_dataset(load_dataset("shapes:20"), image_size=16, max_len=10, min_count=1, cache_root=cache_root)
     view = ready.sandbox_dir
     assert sorted(p.name for p in view.iterdir()) == [
-        "meta.json", "test.images.pt", "train.captions.pt", "train.images.pt", "val.images.pt", "vocab.json"
+        "meta.json", "test.image_ids.npy", "test.images.npy", "train.captions.npy", "train.image_ids.npy",
+        "train.images.npy", "val.image_ids.npy", "val.images.npy", "vocab.json",
     ]  # fmt: skip
-    assert (view / "val.images.pt").stat().st_ino == (ready.dir / "val.images.pt").stat().st_ino  # linked, not copied
+    assert (view / "val.images.npy").stat().st_ino == (ready.dir / "val.images.npy").stat().st_ino  # linked, not copied
     assert torch.equal(prepared.load_split(view, "train").captions, ready.load_split("train").captions)
     assert prepared.load_images(view, "val").shape == (2, 3, 16, 16)
     assert prepared.load_image_ids(view, "test") == [9, 19]
-    with pytest.raises(prepared.PreparedFormatError, match=rf"{view / 'val.captions.pt'} does not exist"):
+    with pytest.raises(prepared.PreparedFormatError, match=rf"{view / 'val.captions.npy'} does not exist"):
         prepared.load_captions(view, "val")
     # Sandboxed jobs run as another uid: everything must be readable by all.
     for path in [ready.dir, view, *ready.dir.iterdir(), *view.iterdir()]:
@@ -200,21 +202,24 @@ def test_split_round_trip(tmp_path: Path) -> None:
     assert split.image_ids == [7, 8, 9] and len(split) == 3
 
 
-def test_wrong_tensors_are_refused_naming_the_file(tmp_path: Path) -> None:
-    images_path = tmp_path / "train.images.pt"
+def test_wrong_arrays_are_refused_naming_the_file(tmp_path: Path) -> None:
+    images_path = tmp_path / "train.images.npy"
     with pytest.raises(prepared.PreparedFormatError, match=rf"{images_path}: images must be uint8 \[N, 3, S, S\]"):
         prepared.save_split(tmp_path, "train", torch.zeros(2, 3, 8, 8), torch.zeros(2, 5, 6, dtype=torch.int64), [1, 2])
     with pytest.raises(prepared.PreparedFormatError, match=r"split 'train' in .*: 2 images, 2 caption rows and 1 image"):
         prepared.save_split(
             tmp_path, "train", torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 5, 6, dtype=torch.int64), [1]
         )
-    torch.save({"pixels": torch.zeros(1, 3, 8, 8, dtype=torch.uint8)}, images_path)
-    with pytest.raises(prepared.PreparedFormatError, match=rf"{images_path} holds no 'images'"):
+    images_path.write_bytes(b"not an array")
+    with pytest.raises(prepared.PreparedFormatError, match=rf"{images_path} is not a readable .npy array"):
         prepared.load_images(tmp_path, "train")
-    torch.save({"images": torch.zeros(1, 3, 8, 8, dtype=torch.float32)}, images_path)
+    np.save(images_path, np.zeros((1, 3, 8, 8), dtype=np.float32))
     with pytest.raises(prepared.PreparedFormatError, match=rf"{images_path}: images must be uint8"):
         prepared.load_images(tmp_path, "train")
-    with pytest.raises(prepared.PreparedFormatError, match=rf"{tmp_path / 'val.images.pt'} does not exist"):
+    np.save(images_path, np.array([{"pickled": 1}], dtype=object))  # never unpickled
+    with pytest.raises(prepared.PreparedFormatError, match=rf"{images_path} is not a readable .npy array"):
+        prepared.load_images(tmp_path, "train")
+    with pytest.raises(prepared.PreparedFormatError, match=rf"{tmp_path / 'val.images.npy'} does not exist"):
         prepared.load_images(tmp_path, "val")
 
 

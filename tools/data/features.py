@@ -5,7 +5,8 @@ epoch of every job: the backbone has no gradients and stays in eval mode, and im
 `ensure_features` runs that encoder once over the train and val images (a sandboxed `features` job, on the
 device the caller holds) and stores the tokens beside the prepared data, in the part jobs may read:
 
-    <prepared>/sandbox_view/features/<key>/{train,val}.features.pt      float16 [N, T, 1280]
+    <prepared>/sandbox_view/features/<key>/{train,val}.features.npy     float16 [N, T, 1280]
+    <prepared>/sandbox_view/features/<key>/{train,val}.image_ids.npy    int64 [N], the images' order
 
 A training job given the key feeds those tokens where images would go, and the frozen encoder passes them through
 (`capnas.sandbox.train_loop`). The test split, `capnas caption` and exported models still run the whole network
@@ -34,6 +35,7 @@ from capnas.tools.design import archspec
 from capnas.tools.design.components import get_component
 from capnas.tools.design.components.options import EfficientNetLite0Options, GRUOptions
 from capnas.tools.data.prepare import PreparedDataset, make_readable_by_all
+from capnas.tools.data.progress import OnProgress, StepProgress
 
 SPLITS = ("train", "val")  # what training reads; the test split always goes through the images
 FROZEN_ENCODERS = {"efficientnet_lite0": EfficientNetLite0Options(freeze=True)}
@@ -64,15 +66,18 @@ def features_key(encoder: str) -> str:
 
 
 def features_ready(prepared: PreparedDataset, key: str) -> bool:
-    return all(prepared_format.features_file(prepared.sandbox_dir, key, s).is_file() for s in SPLITS)
+    files = [prepared_format.features_file(prepared.sandbox_dir, key, s) for s in SPLITS]
+    return all(f.is_file() and prepared_format.features_ids_file(f).is_file() for f in files)
 
 
 def ensure_features(prepared: PreparedDataset, encoder: str, *, device: str = "cpu", threads: int | None = None,
                     memory_mb: int | None = 8192, wall_s: float = 3600.0, scratch_root: str | Path | None = None,
                     runner: Callable[..., SandboxResult] | None = None,
-                    on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[str, dict[str, Any] | None]:
+                    on_event: Callable[[dict[str, Any]], None] | None = None,
+                    on_progress: OnProgress | None = None) -> tuple[str, dict[str, Any] | None]:
     """The key of `encoder`'s stored tokens for `prepared`, extracting them first if they are not there yet.
-    Returns (key, the extraction job's result), the result None when the tokens were already stored."""
+    Returns (key, the extraction job's result), the result None when the tokens were already stored.
+    `on_event` gets the job's own events; `on_progress` the extraction's progress (`capnas.tools.data.progress`)."""
     if encoder not in FROZEN_ENCODERS:
         raise ValueError(f"no stored features for encoder {encoder!r}; frozen encoders: {sorted(FROZEN_ENCODERS)}")
     key = features_key(encoder)
@@ -82,7 +87,27 @@ def ensure_features(prepared: PreparedDataset, encoder: str, *, device: str = "c
         if features_ready(prepared, key):  # another job extracted them while this one waited
             return key, None
         return key, _extract(prepared, encoder, key, device, threads, memory_mb, wall_s, scratch_root, runner,
-                             on_event)
+                             _with_progress(on_event, on_progress))
+
+
+def _with_progress(on_event: Callable[[dict[str, Any]], None] | None,
+                   on_progress: OnProgress | None) -> Callable[[dict[str, Any]], None] | None:
+    """The job's events, with its `features_step` events (images done of a split) also counted as progress."""
+    if on_progress is None:
+        return on_event
+    steps: dict[str, StepProgress] = {}
+
+    def handle(e: dict[str, Any]) -> None:
+        if e.get("event") == "features_step":
+            split = str(e.get("split"))
+            if split not in steps:
+                steps[split] = StepProgress("extract", int(e["of"]), on_progress, split)
+                steps[split].start()
+            steps[split].update(int(e["images"]))
+        if on_event is not None:
+            on_event(e)
+
+    return handle
 
 
 def _extract(prepared, encoder, key, device, threads, memory_mb, wall_s, scratch_root, runner, on_event):
@@ -103,7 +128,9 @@ def _extract(prepared, encoder, key, device, threads, memory_mb, wall_s, scratch
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         for split in SPLITS:
-            shutil.move(str(scratch / f"{split}.features.pt"), staging / f"{split}.features.pt")
+            tokens = scratch / f"{split}.features.npy"
+            for path in (tokens, prepared_format.features_ids_file(tokens)):
+                shutil.move(str(path), staging / path.name)
         make_readable_by_all(staging)  # jobs run as their own uid
         os.chmod(final.parent, 0o755)
         shutil.rmtree(final, ignore_errors=True)  # what is left of a folder someone emptied by hand (we hold the lock)
