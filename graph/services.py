@@ -9,7 +9,9 @@ import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from langgraph.config import get_stream_writer
 
 from capnas.agents.llm import build_role_models
 from capnas.agents.usage import Budget, RoleUsage, UsageLedger
@@ -58,7 +60,7 @@ class RunServices:
 
     @cached_property
     def _data(self) -> tuple[CaptionDataset, PreparedDataset]:
-        return task_data(self.task)
+        return task_data(self.task, on_progress=_stream_writer())
 
     @property
     def dataset(self) -> CaptionDataset:
@@ -104,6 +106,15 @@ class RunServices:
         path = Path(self.ctx.run_dir) / "runs" / self.run_id / candidate_id
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _stream_writer() -> Callable[[dict[str, Any]], None] | None:
+    """The running node's custom-event writer, so a build's progress reaches `capnas run` and `capnas chat` as
+    the run's other events do; None outside a node (a report, a benchmark)."""
+    try:
+        return get_stream_writer()
+    except RuntimeError:
+        return None
 
 
 _CACHE: dict[tuple[str, str, str], RunServices] = {}

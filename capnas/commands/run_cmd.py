@@ -22,6 +22,8 @@ def _progress_printer(json_mode: bool, requirement: str = ""):
     from rich.console import Console
     from rich.markup import escape
 
+    from capnas.tools.data.progress import progress_line
+
     console = Console(stderr=True, highlight=False)
 
     def on_event(e: dict[str, Any]) -> None:
@@ -67,6 +69,8 @@ def _progress_printer(json_mode: bool, requirement: str = ""):
             console.print(f"  critic ({e['decision']}): {e['feedback']}")
         elif kind == "done":
             console.print(f"[bold]done[/bold]: {e['status']} ({e['stop_reason']})")
+        elif kind == "progress":  # preparing the data: a line every few seconds
+            console.print(f"  [dim]{escape(progress_line(e))}[/dim]")
 
     return on_event
 

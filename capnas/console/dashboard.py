@@ -13,6 +13,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from capnas.tools.data.progress import EVENT as PROGRESS, progress_line
+
 STATUS_STYLE = {"generating": "yellow", "generated": "yellow", "validating": "yellow", "valid": "cyan",
                 "training": "blue", "trained": "green", "invalid": "red", "failed": "red", "duplicate": "magenta"}
 FINAL = ("trained", "failed", "invalid", "duplicate")
@@ -36,6 +38,7 @@ class RunView:
         self.done: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
         self.board: list[dict[str, Any]] = []
+        self.progress: str | None = None  # a long data step in progress (decoding, tokenizing, extracting)
         self._lock = threading.Lock()
 
     # -- updates ------------------------------------------------------------------------------------------
@@ -57,6 +60,8 @@ class RunView:
                 train.update({k: e[k] for k in keys if e.get(k) is not None})
             elif kind == "critic":
                 self.feedback = e.get("feedback") or ""
+            elif kind == PROGRESS:
+                self.progress = progress_line(e) if e.get("done", 0) < e.get("total", 0) else None
             elif kind == "done":
                 self.done = e
                 self.phase = e.get("status", "finished")
@@ -88,6 +93,8 @@ class RunView:
     def render(self) -> RenderableType:
         with self._lock:
             parts: list[RenderableType] = [self.header()]
+            if self.progress:
+                parts.append(Text(self.progress, style="dim"))
             if self.candidates:
                 parts.append(self._candidates_table())
             if self.board:
@@ -162,6 +169,8 @@ def event_line(e: dict[str, Any], view: RunView, verbose: bool) -> str | None:
         return f"    epoch {e.get('epoch')}: loss={_num(e.get('loss'))}"
     if kind == "train" and verbose and e.get("phase") == "val":
         return f"    epoch {e.get('epoch')}: val cider={_num(e.get('cider'))}"
+    if kind == PROGRESS and (verbose or e.get("done", 0) >= e.get("total", 0)):  # the live view shows the rest
+        return f"  [dim]{escape(progress_line(e))}[/dim]"
     if kind == "features":
         return f"  frozen-encoder tokens {escape(str(e.get('key')))} stored for every later job ({_num(e.get('seconds'), 1)} s)"
     if kind == "critic" and e.get("feedback"):

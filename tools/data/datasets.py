@@ -15,6 +15,7 @@ from pathlib import Path
 from capnas.tools.data.caption_dataset import SPLITS, CaptionDataset, CaptionItem, DatasetError, Split
 from capnas.tools.data.caption_files import coco_split, read_caption_json
 from capnas.tools.data.prepare import PreparedDataset, cache_root_default, prepare_dataset
+from capnas.tools.data.progress import OnProgress
 from capnas.tools.data.sources import SHAPES_DEFAULT_SIZE, SPEC_HELP, load_dataset, shapes_dataset
 from capnas.tools.data.vocab import BOS, EOS, PAD, UNK, Vocabulary, VocabularyError, tokenize
 from capnas.tools.task import Task
@@ -27,8 +28,10 @@ __all__ = [
 ]  # fmt: skip
 
 
-def task_data(task: Task) -> tuple[CaptionDataset, PreparedDataset]:
+def task_data(task: Task, on_progress: OnProgress | None = None) -> tuple[CaptionDataset, PreparedDataset]:
     """The dataset a task names and its prepared cache, at the task's image size, caption length and vocabulary
-    threshold: what a run trains on, so a benchmark or a report that calls this reads the very same cache."""
+    threshold: what a run trains on, so a benchmark or a report that calls this reads the very same cache.
+    `on_progress` receives the build's progress events when the cache is built."""
     dataset = load_dataset(task.dataset, Path(task.images) if task.images else None)
-    return dataset, prepare_dataset(dataset, image_size=task.image_size, max_len=task.max_len, min_count=task.min_count)
+    return dataset, prepare_dataset(dataset, image_size=task.image_size, max_len=task.max_len,
+                                    min_count=task.min_count, on_progress=on_progress)

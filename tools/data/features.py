@@ -136,6 +136,7 @@ def _extract(prepared, encoder, key, device, threads, memory_mb, wall_s, scratch
         shutil.rmtree(final, ignore_errors=True)  # what is left of a folder someone emptied by hand (we hold the lock)
         staging.rename(final)
         return {**result.result, "wall_s": round(time.monotonic() - started, 2), "key": key, "tier": result.tier,
-                "layers": result.layers, "cpu_s": result.cpu_s}
+                "layers": result.layers, "cpu_s": result.cpu_s,
+                "peak_rss_mb": result.peak_rss_mb, "peak_memory_mb": result.peak_memory_mb}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
