@@ -34,6 +34,11 @@ class Context(BaseModel):
                                                                  "(default: the cores shared by a round's jobs)")
     k_snippets: int = Field(2, ge=0, le=10, description="component snippets the coder is shown")
     max_repairs: int = Field(2, ge=0, le=10, description="repair rounds per candidate after contract violations")
+    coder_tool_calls: int = Field(6, ge=0, le=50, description="tool calls (check_contract, run_snippet, submit) the "
+                                                               "coder may make per attempt in code mode; 0: one "
+                                                               "answer, no tools")
+    spec_tools: bool = Field(False, description="give the coder its tools in spec mode too (small local models "
+                                                "cannot drive a tool loop: by default spec mode is one forced call)")
     seed: int = Field(0, ge=0, description="seed of random generation and training")
     confirm_task: bool = Field(False, description="stop after planning so a person confirms the task (chat)")
     concurrency: int = Field(2, ge=1, le=64, description="candidates per round, validated and trained at once")

@@ -15,8 +15,9 @@ from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
-from capnas.agents import coder, critic, planner
+from capnas.agents import coder, coder_tools, critic, planner
 from capnas.agents.usage import BudgetExceeded, cost_usd
+from capnas.graph import coder_turn
 from capnas.graph.context import Context
 from capnas.graph.final_test import score_best_on_test
 from capnas.graph.journal import Candidate, normalized_code_hash
@@ -210,16 +211,50 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
         # Asked again for something new after a duplicate, a model at its usual low temperature tends to give
         # the very same answer: that one call samples hotter.
         hot = existing is not None and existing.status == "duplicate"
+        tools = _coder_executors(svc, runtime, state, cid) if _coder_has_tools(ctx) else None
         try:
             data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}",
-                           lambda: _coder_call(ctx.generation, svc, messages, families, DUPLICATE_REPAIR_TEMPERATURE if hot else None),
+                           lambda: _coder_call(ctx.generation, svc, messages, families, DUPLICATE_REPAIR_TEMPERATURE if hot else None,
+                                               tools, ctx.coder_tool_calls),
                            _prompt_text(messages), cid)
         except BudgetExceeded:
             return {"stops": ["token_budget"]}
         except ValueError as err:  # the model never produced a usable answer: record, do not retry forever
             data = {"code": "", "spec": None, "error": str(err)}
         code, spec = data["code"], data.get("spec")
+        turn = data.get("tools") or {}
+        if turn.get("ended") in ("tool_budget", "stopped"):  # no answer: the candidate ends, the run goes on
+            _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
+            return _no_submit(svc, runtime, cid, turn["reason"])
     return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
+
+
+def _coder_has_tools(ctx: Context) -> bool:
+    """Code mode gives the coder its tools; spec mode only when asked (small local models cannot drive a loop)."""
+    return ctx.coder_tool_calls > 0 and (ctx.generation == "code" or (ctx.generation == "spec" and ctx.spec_tools))
+
+
+def _coder_executors(svc: RunServices, runtime: Runtime[Context], state: CandidateState, cid: str):
+    """The coder's tools for one attempt: the validator's own probe, a snippet job, the journal, the run's budgets."""
+    def stop() -> str | None:
+        if svc.journal.stop_requested(svc.run_id):
+            return "a person asked the run to stop"
+        if "started_at" in state and time.time() - state["started_at"] >= _budgets(svc).time_budget * 60:
+            return "the run's time budget is spent"
+        return None
+
+    return coder_turn.executors(svc, cid, probe=lambda code: _probe(svc, code, svc.threads), stop=stop,
+                                emit=lambda **fields: _emit(runtime, "coder_tool", candidate_id=cid, **fields))
+
+
+def _no_submit(svc: RunServices, runtime: Runtime[Context], cid: str, reason: str) -> dict[str, Any]:
+    """A coder that stopped calling tools without submitting: the candidate is invalid with that reason, and no
+    repair round is spent on it (its own checks were its repairs)."""
+    svc.journal.update_candidate(cid, status="invalid", contract=coder_turn.no_submit_violation(reason))
+    svc.journal.log_event(svc.run_id, "coder_no_submit", {"reason": reason}, cid)
+    _emit(runtime, "candidate", candidate_id=cid, status="invalid", violations=[coder_turn.NO_SUBMIT["code"]])
+    return {"repairs": runtime.context.max_repairs}
+
 
 
 def _duplicate(cand: Candidate) -> list[dict[str, Any]]:
@@ -233,11 +268,16 @@ def _duplicate(cand: Candidate) -> list[dict[str, Any]]:
 DUPLICATE_REPAIR_TEMPERATURE = 1.0
 
 
-def _coder_call(generation: str, svc: RunServices, messages, families, temperature: float | None = None):
-    """(answer, raw reply, usage) of one coder call; `temperature` overrides the role's for this call only."""
+def _coder_call(generation: str, svc: RunServices, messages, families, temperature: float | None = None,
+                tools: coder_tools.Executors | None = None, max_calls: int = 0):
+    """(answer, raw reply, usage) of one coder call (with `tools`, a tool turn of at most `max_calls` calls);
+    `temperature` overrides the role's for this call only."""
     model = svc.models["coder"]
     if temperature is not None:
         model = model.model_copy(update={"temperature": temperature})
+    if tools is not None:
+        return coder_tools.write_with_tools(model, messages, generation, tools, max_calls, families,
+                                            svc.task.frozen_encoders)
     if generation == "spec":
         spec, code, raw, usage = coder.write_spec(model, messages, families, svc.task.frozen_encoders)
         return {"code": code, "spec": spec.model_dump(mode="json")}, raw, usage

@@ -77,12 +77,24 @@ def run_script(job: Job) -> dict[str, Any]:
     """Run a Python file as `__main__`, as `python FILE` would; the result is its exit status."""
     if job.script is None:
         raise ValueError("entry 'script' needs job.script")
-    path = str(job.script)
-    sys.argv = [path, *[str(a) for a in job.args.get("argv", [])]]
+    return {"exit_status": run_main(str(job.script), argv=job.args.get("argv", []))}
+
+
+@entry("snippet")
+def run_snippet(job: Job) -> dict[str, Any]:
+    """The coder's try-out script with a tiny training batch and the contract (`capnas.sandbox.snippet`)."""
+    from capnas.sandbox.snippet import run
+
+    return run(job, run_main)
+
+
+def run_main(path: str, init_globals: dict[str, Any] | None = None, argv: tuple | list = ()) -> int:
+    """Run a Python file as `__main__`, as `python FILE` would, with `init_globals` set; returns its exit status."""
+    sys.argv = [path, *[str(a) for a in argv]]
     sys.path.insert(0, os.path.dirname(path))
     status = 0
     try:
-        runpy.run_path(path, run_name="__main__")
+        runpy.run_path(path, init_globals=init_globals, run_name="__main__")
     except SystemExit as e:
         if e.code is None:
             status = 0
@@ -94,7 +106,7 @@ def run_script(job: Job) -> dict[str, Any]:
     except BaseException:  # noqa: BLE001 - the script's traceback is its output, exactly like `python FILE`
         traceback.print_exc()
         status = 1
-    return {"exit_status": status}
+    return status
 
 
 @entry("probe")
@@ -183,7 +195,7 @@ def main(argv: list[str]) -> int:
         return out
     if out is not None:
         write_json_atomic(job.scratch / RESULT_FILE, out)
-    if job.entry == "script":
+    if job.entry in ("script", "snippet"):
         return int(out["exit_status"]) if out else 0
     return 0
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Entry = Literal["probe", "train", "generate", "features", "script"]
+Entry = Literal["probe", "train", "generate", "features", "script", "snippet"]
 
 # Files in the scratch dir that the launcher and the harness agree on.
 JOB_FILE = "job.json"  # HarnessInput, written by the launcher
