@@ -1,8 +1,10 @@
 """`capnas export RUN_ID [--candidate ID] --out DIR`: one trained candidate as a self-contained model folder
-(code, weights, vocabulary, config, layer table, model card, predict.py). `capnas report` exports the best one."""
+(code, weights, vocabulary, config, layer table, model card, predict.py). `capnas report` exports the best one.
+`--format lemur` writes one LEMUR-style Net file instead (`capnas.tools.lemur.export`)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -11,6 +13,11 @@ from capnas.commands._checks import OneLineErrors, fail
 from capnas.commands.report_cmd import DEFAULT_WORKSPACE, JOURNAL_FILE, read_run, run_problem
 
 COMMAND = "export"
+
+
+class ExportFormat(str, Enum):
+    capnas = "capnas-model-v1"
+    lemur = "lemur"
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +31,10 @@ def register(app: typer.Typer) -> None:
             help="Workspace holding the run's journal and run dirs."),
         out: Path | None = typer.Option(
             None, "--out", metavar="DIR", help="The folder to write (default: DIR/runs/RUN_ID/model-CANDIDATE)."),
+        export_format: ExportFormat = typer.Option(
+            ExportFormat.capnas, "--format",
+            help="capnas-model-v1: code, weights, vocabulary, card, predict.py; lemur: one LEMUR-style Net file "
+                 "(architecture only) written into --out (default: DIR/runs/RUN_ID/lemur)."),
     ) -> None:
         """Export a trained candidate; prints the folder.
 
@@ -43,6 +54,9 @@ def register(app: typer.Typer) -> None:
             fail(COMMAND, str(exc))
         except ReportError as exc:
             fail(COMMAND, str(exc), 1)
+        if export_format is ExportFormat.lemur:
+            _export_lemur(data, out or workspace / "runs" / run_id / "lemur", candidate)
+            return
         try:
             cand = data.candidate(candidate) if candidate else data.best
             if cand is None:
@@ -52,6 +66,22 @@ def register(app: typer.Typer) -> None:
         except ReportError as exc:
             fail(COMMAND, str(exc), 1)
         typer.echo(str(folder))
+
+
+def _export_lemur(data, out: Path, candidate: str | None) -> None:
+    """Write the LEMUR file; print its path, then what does not carry over."""
+    from capnas.tools.lemur.export import export_lemur
+    from capnas.tools.report.run_data import ReportError
+
+    try:
+        path, notes = export_lemur(data, out, candidate)
+    except ReportError as exc:
+        fail(COMMAND, str(exc), 1)
+    except OSError as exc:
+        fail(COMMAND, f"--out {out}: cannot write it: {exc}", 1)
+    typer.echo(str(path))
+    for note in notes:
+        typer.echo(f"  not carried over: {note}")
 
 
 def candidate_problem(workspace: Path, run_id: str, candidate: str | None) -> str | None:
