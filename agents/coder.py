@@ -51,9 +51,11 @@ def coder_messages(
     *,
     plan: str = "",
     repair: dict[str, Any] | None = None,
+    refine: dict[str, Any] | None = None,
 ) -> list[BaseMessage]:
-    """The coder's prompt: the contract, the components, the best so far, the critic's feedback, and when
-    repairing, the previous attempt with its violations (code, line, hint).
+    """The coder's prompt: the contract, the components, the best so far, the critic's feedback, when refining
+    in code mode the parent's module with the changes the critic requires (`refine`: parent_id, code, changes),
+    and when repairing, the previous attempt with its violations (code, line, hint).
 
     `code` mode shows the contract's full rendered text and the k snippets' source. `spec` mode shows only
     what a spec can change (the contract's budgets and shapes) and the snippets' tunable options: the code
@@ -78,6 +80,10 @@ def coder_messages(
     parts.append(f"# Critic's feedback\n\n{feedback or '(none yet)'}")
     if plan:
         parts.append(f"# Planner's suggestion\n\n{plan}")
+    if refine:
+        changes = "\n".join(f"- {change}" for change in refine["changes"])
+        parts.append(f"# Refine {refine['parent_id']}\n\nStart from its module below and make exactly these changes, "
+                     f"keeping everything else:\n{changes}\n\n```python\n{refine['code']}\n```")
     if repair:
         violations = "\n".join(
             f"- {v['code']} (line {v.get('line') or '?'}): {v['message']} Hint: {v['hint']}" for v in repair["violations"]

@@ -54,7 +54,7 @@ TASK_KEYS = ("dataset", "images", "image_size", "max_len", "min_count", "max_par
              "families", "frozen_encoders")
 BUDGET_KEYS = tuple(Budgets.model_fields)
 CONTEXT_KEYS = ("generation", "concurrency", "executor", "ray_address", "device", "threads", "run_dir", "seed",
-                "k_snippets", "max_repairs", "coder_tool_calls", "spec_tools")
+                "k_snippets", "max_repairs", "coder_tool_calls", "spec_tools", "critic_edits", "mutation")
 APP_KEYS = tuple(AppSettings.model_fields)
 # Renamed in the task record, so that the flag reads as English: `confirm` is Context.confirm_task.
 CONFIRM_FIELD = ("confirm", Context.model_fields["confirm_task"])

@@ -47,6 +47,11 @@ class Context(BaseModel):
     ray_address: str | None = Field(None, description="Ray cluster address for --executor ray (none: a local instance)")
     final_test: bool = Field(True, description="score the val-chosen best model once on the test split when the "
                                                "search ends (a run with a baseline scores both arms after both end)")
+    critic_edits: bool = Field(True, description="the critic answers a refine with typed edits to the parent's "
+                                                 "spec, applied exactly to make the child (off: feedback text only)")
+    mutation: bool = Field(True, description="a duplicate, an empty edit list or an unusable critic answer becomes "
+                                             "a random change of 1-2 spec fields of the parent (off: the coder is "
+                                             "asked again)")
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form settings for integrations")
 
     @field_validator("device")

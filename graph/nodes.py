@@ -18,6 +18,7 @@ from langgraph.types import Command, interrupt
 from capnas.agents import coder, coder_tools, critic, planner
 from capnas.agents.usage import BudgetExceeded, cost_usd
 from capnas.graph import coder_turn
+from capnas.graph import refine
 from capnas.graph.context import Context
 from capnas.graph.final_test import score_best_on_test
 from capnas.graph.journal import Candidate, normalized_code_hash
@@ -184,7 +185,7 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     _emit(runtime, "candidate", candidate_id=cid, status="generating")
     plan = planner.RoundPlan(**state["plan"])
     families = tuple(state["families"]) if state.get("families") else None
-    spec = None
+    spec, derived = None, None
     if ctx.generation == "random":
         # The baseline ignores the planner's assignment: a draw depends only on the seed, the candidate's index
         # and the families the task allows, so runs at any concurrency draw the same candidates.
@@ -194,6 +195,8 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     elif ctx.models is None:
         raise ValueError(f"generation {ctx.generation!r} needs LLMs: set Context.models (per-role endpoints), or use "
                          "generation='random' to search without one")
+    elif (derived := refine.refined_child(svc, ctx, state)) is not None:
+        code, spec = derived.code, derived.spec  # the parent with the critic's edits, or mutated: no coder call
     else:
         snippets = coder.choose_snippets([families[0]], [families[1]], ctx.k_snippets) if families else \
             coder.choose_snippets(plan.encoders, plan.decoders, ctx.k_snippets)
@@ -207,26 +210,26 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
         if svc.task.frozen_encoders:
             brief += "\nThe task keeps pretrained encoders frozen (no gradients, BatchNorm in eval mode)."
         messages = coder.coder_messages(ctx.generation, svc.contract, snippets, board, state.get("feedback", ""),
-                                        plan=brief.strip(), repair=repair)
-        # Asked again for something new after a duplicate, a model at its usual low temperature tends to give
-        # the very same answer: that one call samples hotter.
-        hot = existing is not None and existing.status == "duplicate"
+                                        plan=brief.strip(), repair=repair,
+                                        refine=refine.required_changes(svc, state) if ctx.generation == "code" else None)
         tools = _coder_executors(svc, runtime, state, cid) if _coder_has_tools(ctx) else None
         try:
             data, _ = _ask(svc, "coder", f"coder:{cid}:{repairs}",
-                           lambda: _coder_call(ctx.generation, svc, messages, families, DUPLICATE_REPAIR_TEMPERATURE if hot else None,
-                                               tools, ctx.coder_tool_calls),
+                           lambda: _coder_call(ctx.generation, svc, messages, families, tools, ctx.coder_tool_calls),
                            _prompt_text(messages), cid)
         except BudgetExceeded:
             return {"stops": ["token_budget"]}
         except ValueError as err:  # the model never produced a usable answer: record, do not retry forever
             data = {"code": "", "spec": None, "error": str(err)}
         code, spec = data["code"], data.get("spec")
+        derived = refine.mutation_if_duplicate(svc, ctx, state, code, spec)
+        if derived is not None:  # the coder gave an earlier candidate again: a mutation of it instead, no re-ask
+            code, spec = derived.code, derived.spec
         turn = data.get("tools") or {}
         if turn.get("ended") in ("tool_budget", "stopped"):  # no answer: the candidate ends, the run goes on
             _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
             return _no_submit(svc, runtime, cid, turn["reason"])
-    return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
+    return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing, derived)
 
 
 def _coder_has_tools(ctx: Context) -> bool:
@@ -256,7 +259,6 @@ def _no_submit(svc: RunServices, runtime: Runtime[Context], cid: str, reason: st
     return {"repairs": runtime.context.max_repairs}
 
 
-
 def _duplicate(cand: Candidate) -> list[dict[str, Any]]:
     """A duplicate's 'violation' for the repair prompt (it has no contract report: it was never validated)."""
     if cand.status != "duplicate":
@@ -265,16 +267,10 @@ def _duplicate(cand: Candidate) -> list[dict[str, Any]]:
              "already tried; it will not be trained again.", "hint": "choose a different architecture or options"}]
 
 
-DUPLICATE_REPAIR_TEMPERATURE = 1.0
-
-
-def _coder_call(generation: str, svc: RunServices, messages, families, temperature: float | None = None,
+def _coder_call(generation: str, svc: RunServices, messages, families,
                 tools: coder_tools.Executors | None = None, max_calls: int = 0):
-    """(answer, raw reply, usage) of one coder call (with `tools`, a tool turn of at most `max_calls` calls);
-    `temperature` overrides the role's for this call only."""
+    """(answer, raw reply, usage) of one coder call (with `tools`, a tool turn of at most `max_calls` calls)."""
     model = svc.models["coder"]
-    if temperature is not None:
-        model = model.model_copy(update={"temperature": temperature})
     if tools is not None:
         return coder_tools.write_with_tools(model, messages, generation, tools, max_calls, families,
                                             svc.task.frozen_encoders)
@@ -304,11 +300,13 @@ def _existing(svc: RunServices, cid: str) -> Candidate | None:
         return None
 
 
-def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing) -> dict[str, Any]:
+def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing,
+                      derived: refine.Derived | None = None) -> dict[str, Any]:
     describe = archspec.ArchSpec(**spec).describe() if spec else "LLM-written module"
+    parent_id = derived.parent_id if derived else state.get("parent_id")
     if existing is None:
         cand = svc.journal.add_candidate(svc.run_id, code, round=state["round"], mode=runtime.context.generation,
-                                         parent_id=state.get("parent_id"), spec=spec, plan=describe, candidate_id=cid)
+                                         parent_id=parent_id, spec=spec, plan=describe, candidate_id=cid)
     elif code and normalized_code_hash(code) == normalized_code_hash(existing.code):
         # The repair changed nothing: its verdict would be the same, so spend no probe on it and no more repairs.
         svc.journal.update_candidate(cid, repairs=repairs)
@@ -317,6 +315,10 @@ def _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing) -
         return {"repairs": runtime.context.max_repairs}
     else:
         cand = svc.journal.replace_code(cid, code, spec=spec, plan=describe, repairs=repairs)
+        if derived:  # a repair's duplicate, mutated: the child of the candidate it duplicated
+            svc.journal.update_candidate(cid, parent_id=parent_id)
+    if derived is not None:  # how the child was made: edits applied or a mutation (fields, parent, why)
+        svc.journal.log_event(svc.run_id, derived.event, derived.payload, cid)
     if not code:
         svc.journal.update_candidate(cid, status="invalid", contract={"ok": False, "violations": [
             {"code": "LLM-001", "clause": "The coder returns one module", "message": "the coder returned no usable answer",
@@ -457,17 +459,21 @@ def critic_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         update.update(decision="explore", feedback="", parent_id=None)
     else:
         summary = critic.summarize(_rows(svc), svc.task.objective)
+        space = refine.edit_space(svc.task) if ctx.critic_edits else None
         try:
-            data, _ = _ask(svc, "critic", f"critic:{cid}", lambda: critic.critique(svc.models["critic"], summary), summary)
+            data, replayed = _ask(svc, "critic", f"critic:{cid}",
+                                  lambda: critic.critique(svc.models["critic"], summary, space), summary)
         except BudgetExceeded:
             return {**update, **_stop("token_budget")}
-        except ValueError:
-            data = {"feedback": "", "decision": "explore", "parent_id": None}
-        update.update(feedback=data["feedback"], decision=data["decision"], parent_id=data.get("parent_id"))
+        except ValueError as err:  # no usable answer, re-asks included: the leader is mutated (or a plain explore)
+            data, replayed = refine.unusable_critique(svc, ctx, err), False
+        update.update(feedback=data["feedback"], decision=data["decision"], parent_id=data.get("parent_id"),
+                      **refine.critic_update(svc, data, replayed))
     reason = update.get("stop_reason") or budget_exhausted(svc, state, update)
     if reason:
         update["stop_reason"] = reason
-    _emit(runtime, "critic", candidate_id=cid, candidates=state["round_candidates"], decision=update["decision"], feedback=update["feedback"])
+    _emit(runtime, "critic", candidate_id=cid, candidates=state["round_candidates"], decision=update["decision"], feedback=update["feedback"],
+          edits=update.get("edits"))
     return update
 
 

@@ -9,7 +9,8 @@ from langgraph.types import Send
 from capnas.graph.state import CandidateState, RunState
 
 # The fields of the run's state a candidate branch reads (the rest it does not need, or writes itself).
-_SHARED = ("run_id", "task", "started_at", "round", "plan", "feedback", "parent_id")
+_SHARED = ("run_id", "task", "started_at", "round", "plan", "feedback", "decision", "parent_id", "edits",
+           "edits_reason")
 
 
 def after_planner(state: RunState) -> list[Send] | Literal["reporter"]:

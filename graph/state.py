@@ -24,6 +24,8 @@ class RunState(TypedDict, total=False):
     feedback: str  # the critic's latest feedback
     decision: str  # the critic's latest decision: refine | explore | stop
     parent_id: str | None  # the candidate the next one refines
+    edits: list[dict[str, Any]]  # the critic's typed edits to that parent's spec ({field, value})
+    edits_reason: str | None  # why a refine has no edits to apply (graph.refine: empty, refused, unusable)
     best: dict[str, Any] | None  # {"candidate_id", "metrics"}
     stop_reason: str | None  # set once the run must end: max_candidates | time_budget | token_budget | critic
     status: str  # running | finished | stopped
@@ -43,7 +45,10 @@ class CandidateState(TypedDict, total=False):
     families: list[str]  # [encoder, decoder] the planner assigned
     plan: dict[str, Any]
     feedback: str
+    decision: str  # the critic's latest decision (a refine's first candidate applies its edits)
     parent_id: str | None
+    edits: list[dict[str, Any]]
+    edits_reason: str | None
     repairs: int  # repair rounds spent
     stops: list[str]  # set when this branch must end the run (token budget, search space exhausted)
 

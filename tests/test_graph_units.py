@@ -210,7 +210,9 @@ def test_a_planner_with_no_usable_answer_leaves_the_round_to_the_default_rotatio
     assert [e["kind"] for e in events] == ["planner_fallback"] and "cut off" in events[0]["payload"]["error"]
 
 
-def test_asked_again_after_a_duplicate_the_coder_samples_hotter(tmp_path: Path, monkeypatch) -> None:
+def test_asked_again_after_a_duplicate_the_coder_keeps_its_temperature(tmp_path: Path, monkeypatch) -> None:
+    """With mutation off a duplicate goes back to the coder as a repair, at the role's own temperature (the old
+    hotter re-ask is gone); with mutation on, a coder's answer that duplicates an earlier one is mutated instead."""
     from types import SimpleNamespace
 
     from capnas.graph import nodes
@@ -231,15 +233,22 @@ def test_asked_again_after_a_duplicate_the_coder_samples_hotter(tmp_path: Path, 
 
     def write_spec(model, messages, families=None, frozen_encoder=False):
         temperatures.append(model.temperature)
-        other = spec.model_copy(update={"lr": 3e-3})
-        return other, render(other), "{}", {"input_tokens": 10, "output_tokens": 5}
+        answer = spec if len(temperatures) == 3 else spec.model_copy(update={"lr": 3e-3 + len(temperatures) * 1e-4})
+        return answer, render(answer), "{}", {"input_tokens": 10, "output_tokens": 5}
 
     monkeypatch.setattr(nodes.coder, "write_spec", write_spec)
     models = AgentModels(default=LLMConfig(model="m", base_url="http://127.0.0.1:9/v1"))
-    runtime = SimpleNamespace(context=Context(run_dir=str(tmp_path), models=models), stream_writer=None)
+    runtime = SimpleNamespace(context=Context(run_dir=str(tmp_path), models=models, mutation=False), stream_writer=None)
     plan = {"encoders": ["small_cnn"], "decoders": ["gru"], "rationale": ""}
     state = {"run_id": "hot", "task": task.model_dump(), "round": 1, "plan": plan, "families": ["small_cnn", "gru"]}
     nodes.coder_node({**state, "candidate_id": "hot-r001", "repairs": 1}, runtime)  # the duplicate, asked again
     nodes.coder_node({**state, "candidate_id": "hot-r002", "repairs": 0}, runtime)  # a first answer
-    assert temperatures == [nodes.DUPLICATE_REPAIR_TEMPERATURE, models.default.temperature]
+    assert temperatures == [models.default.temperature] * 2
     assert journal.get_candidate("hot-r001").status == "generated"  # its new answer replaced the duplicate
+
+    runtime.context = runtime.context.model_copy(update={"mutation": True})
+    nodes.coder_node({**state, "candidate_id": "hot-r003", "repairs": 0}, runtime)  # answers hot-r000's spec again
+    mutated = journal.get_candidate("hot-r003")
+    [event] = journal.events("hot", "mutation")
+    assert mutated.status == "generated" and mutated.parent_id == "hot-r000" and len(temperatures) == 3
+    assert event["candidate_id"] == "hot-r003" and event["payload"]["reason"] == "duplicate"

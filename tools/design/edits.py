@@ -95,10 +95,11 @@ class EditSpace:
         return None
 
     def fields_of(self, spec: ArchSpec) -> list[str]:
-        """The fields that change `spec` within its families (its components' options and the training fields),
-        plus the two family switches: what a mutation chooses from."""
+        """The fields that can change `spec` within its families (its components' options and the training
+        fields), plus the family switches where the task allows another family: what a mutation chooses from."""
         used = (spec.encoder.name, spec.decoder.name)
-        return [f for f in self.values if f not in NOT_MUTATED and ("." not in f or f.split(".")[0] in used)]
+        return [f for f, values in self.values.items() if f not in NOT_MUTATED and len(values) > 1
+                and ("." not in f or f.split(".")[0] in used)]
 
 
 def _same_number(value: Any, allowed: Any) -> bool:
