@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from capnas.agents.coder_tools import Executors
+from capnas.graph.journal import CODER_TOOL
 from capnas.graph.services import RunServices
 from capnas.sandbox import SandboxError, SandboxUnavailable
 from capnas.tools.jobs.snippet import run_snippet
 from capnas.tools.jobs.validation import ValidationReport
 
-TOOL_EVENT = "coder_tool"
 # The candidate ends with this violation when the coder stops calling tools without submitting.
 NO_SUBMIT = {"code": "LLM-002", "clause": "The coder submits within its tool-call budget", "line": None,
              "hint": "raise coder_tool_calls, or ask the model to submit once check_contract passes"}
@@ -54,7 +54,7 @@ def executors(svc: RunServices, cid: str, probe: Callable[[str], ValidationRepor
         return result.model_dump()
 
     def on_call(record: dict[str, Any]) -> None:
-        svc.journal.log_event(svc.run_id, TOOL_EVENT, record, cid)
+        svc.journal.log_event(svc.run_id, CODER_TOOL, record, cid)
         emit(tool=record["tool"], call=record["call"], sandbox_s=record["sandbox_s"])
 
     return Executors(check=check, snippet=snippet, on_call=on_call, stop=stop)

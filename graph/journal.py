@@ -375,6 +375,7 @@ def baseline_id(run_id: str) -> str:
 
 
 TEST_SCORED = "test_scored"  # the event of a run's one test-split score (`capnas.graph.final_test`)
+CODER_TOOL = "coder_tool"  # the event of one call of the coder's own tools (`capnas.graph.coder_turn`)
 
 CONTROL_ACTIONS = ("stop", "pause", "resume", "budget")
 

@@ -6,6 +6,7 @@ candidate branch calls them, so the validator's verdict and routing are the real
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import threading
@@ -84,6 +85,16 @@ def test_the_coder_tries_checks_fixes_and_submits_without_a_repair_round(tmp_pat
     assert [(c["call"], c["tool"]) for c in calls] == [(1, "run_snippet"), (2, "check_contract"), (3, "submit")]
     assert calls[0]["result"]["exit_reason"] == "ok" and calls[0]["sandbox_s"] > 0  # a real sandboxed child
     assert calls[1]["result"]["stage"] == "static" and calls[2]["args"]["code"] == VALID
+
+    # The report's per-candidate view lists them, read from the journal as `capnas report` reads it.
+    from capnas.commands.report_cmd import read_run
+    from capnas.tools.report.html_report import render_html
+    from capnas.tools.report.run_data import RunData
+
+    page = render_html(RunData(read_run(tmp_path / "ws", "tools"), tmp_path / "ws"))
+    view = page[page.index('id="cand-tools-r000"'):]
+    assert re.search(r"coder's tool calls: run_snippet <small>ok \d+\.\d s</small> → check_contract "
+                     r"<small>IMP-001 0\.0 s</small> → submit", view), view[:2000]
 
 
 class LoopbackServer:

@@ -46,7 +46,7 @@ def read_run(workspace: str | Path, run_id: str) -> RunRecord:
     """The run's journal rows as a `RunRecord`: the run, its candidates, the leaderboard by the run's objective,
     LLM usage, and the parsed planner/critic answers the model card quotes. Raises UnknownRunError (naming the
     journal and the recent runs) when there is no such run."""
-    from capnas.graph.journal import TEST_SCORED, Journal, baseline_id
+    from capnas.graph.journal import CODER_TOOL, TEST_SCORED, Journal, baseline_id
     from capnas.tools.report.run_data import RunRecord, UnknownRunError
 
     problem = run_problem(workspace, run_id)
@@ -69,13 +69,16 @@ def read_run(workspace: str | Path, run_id: str) -> RunRecord:
         if isinstance(parsed, dict):
             answers[key] = parsed
     tests = journal.events(run_id, TEST_SCORED)
+    tool_calls: dict[str, list[dict]] = {}
+    for event in journal.events(run_id, CODER_TOOL):
+        tool_calls.setdefault(event["candidate_id"], []).append(event["payload"])
     base_id = baseline_id(run_id)
     baseline = (read_run(workspace, base_id) if (run.get("config") or {}).get("baseline") and journal.get_run(base_id)
                 else None)
     return RunRecord(run=run, candidates=[c.to_dict() for c in candidates],
                      leaderboard=[c.candidate_id for c in journal.leaderboard(run_id, objective)],
                      usage=journal.usage(run_id), answers=answers, test=tests[-1]["payload"] if tests else None,
-                     baseline=baseline)
+                     baseline=baseline, tool_calls=tool_calls)
 
 
 def register(app: typer.Typer) -> None:

@@ -348,6 +348,22 @@ def _test_grid(data: RunData) -> str:
             f'<div class="grid" data-split="test">{"".join(tiles)}</div>')
 
 
+def _tool_calls(calls: list[dict[str, Any]] | None) -> str:
+    """The coder's own tool calls for a candidate, in order, each with what it found and its sandbox seconds."""
+    if not calls:
+        return ""
+
+    def found(call: dict[str, Any]) -> str:
+        result = call.get("result") or {}
+        if call.get("tool") == "check_contract" and "ok" in result:
+            return "passed" if result["ok"] else ", ".join(v.get("code", "?") for v in result.get("violations") or [])
+        return str(result.get("exit_reason") or result.get("error") or "")[:80]
+
+    steps = " → ".join(f"{_e(c.get('tool'))} <small>{_e(found(c))} {c.get('sandbox_s') or 0:.1f} s</small>"
+                       for c in calls)
+    return f"<p class=\"note\">coder's tool calls: {steps}</p>"
+
+
 def _contract_reports(data: RunData) -> str:
     parts = []
     for c in data.candidates:
@@ -367,7 +383,7 @@ def _contract_reports(data: RunData) -> str:
         if c.exit_reason:
             facts.append(f"training ended by {_e(c.exit_reason)}" if c.status in ("trained", "failed")
                          else _e(c.exit_reason))
-        body = f"<p>{' · '.join(facts) or 'not validated'}</p>"
+        body = f"<p>{' · '.join(facts) or 'not validated'}</p>" + _tool_calls(data.record.tool_calls.get(c.candidate_id))
         if violations:
             lines = c.code.splitlines()
             rows = []

@@ -59,6 +59,7 @@ class RunRecord:
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # LLM call key -> its parsed answer
     test: dict[str, Any] | None = None  # the val-chosen best's test score ({candidate_id, metrics}), once scored
     baseline: RunRecord | None = None  # the equal-budget random arm of a `--baseline random` run
+    tool_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # candidate id -> its coder's tool calls
 
 
 @dataclass
