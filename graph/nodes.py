@@ -222,13 +222,13 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
         except ValueError as err:  # the model never produced a usable answer: record, do not retry forever
             data = {"code": "", "spec": None, "error": str(err)}
         code, spec = data["code"], data.get("spec")
+        turn = data.get("tools") or {}
+        if turn.get("ended") in ("tool_budget", "stopped"):  # no answer: the candidate ends, unmutated; the run goes on
+            _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
+            return _no_submit(svc, runtime, cid, turn["reason"])
         derived = refine.mutation_if_duplicate(svc, ctx, state, code, spec)
         if derived is not None:  # the coder gave an earlier candidate again: a mutation of it instead, no re-ask
             code, spec = derived.code, derived.spec
-        turn = data.get("tools") or {}
-        if turn.get("ended") in ("tool_budget", "stopped"):  # no answer: the candidate ends, the run goes on
-            _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing)
-            return _no_submit(svc, runtime, cid, turn["reason"])
     return _record_candidate(svc, runtime, state, cid, code, spec, repairs, existing, derived)
 
 

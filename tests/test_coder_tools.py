@@ -6,6 +6,7 @@ candidate branch calls them, so the validator's verdict and routing are the real
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import socket
@@ -171,7 +172,7 @@ def _survivors(token: str, timeout_s: float = 2.0) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while True:
         found = []
-        for pid in filter(str.isdigit, __import__("os").listdir("/proc")):
+        for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == token:
                     found.append(int(pid))
