@@ -54,7 +54,8 @@ TASK_KEYS = ("dataset", "images", "image_size", "max_len", "min_count", "max_par
              "families", "frozen_encoders")
 BUDGET_KEYS = tuple(Budgets.model_fields)
 CONTEXT_KEYS = ("generation", "concurrency", "executor", "ray_address", "device", "threads", "run_dir", "seed",
-                "k_snippets", "max_repairs", "coder_tool_calls", "spec_tools", "critic_edits", "mutation")
+                "k_snippets", "max_repairs", "coder_tool_calls", "spec_tools", "critic_edits", "mutation",
+                "inherit_weights")
 APP_KEYS = tuple(AppSettings.model_fields)
 # Renamed in the task record, so that the flag reads as English: `confirm` is Context.confirm_task.
 CONFIRM_FIELD = ("confirm", Context.model_fields["confirm_task"])
@@ -93,10 +94,10 @@ class _RunSettingsBase(BaseModel):
         settings.check_dataset(lambda key: flag(key) if key in given else f"config file {config}: {key}")
         return settings
 
-    @field_validator("families", mode="before", check_fields=False)
+    @field_validator("families", "rungs", mode="before", check_fields=False)
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        """`--families small_cnn,gru` (and the same string in a config file) is a list of names."""
+        """`--families small_cnn,gru`, `--rungs 1,3,8` (and the same strings in a config file) are lists."""
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("llm_roles", check_fields=False)

@@ -1,8 +1,8 @@
 """`build_graph(checkpointer=...)`: the capnas state machine.
 
-    planner ─┬─► candidate ─┬─► evaluator -> critic -> planner ... -> reporter
+    planner ─┬─► candidate ─┬─► promoter -> evaluator -> critic -> planner ... -> reporter
              ├─► candidate ─┤     (one `Send` per candidate of the round; the branches run at once and are
-             └─► ...       ─┘      joined before the evaluator)
+             └─► ...       ─┘      joined before the promoter, which trains the promising on to their next rung)
 
     candidate:  coder -> validator -> trainer
                   ^         |  (violations: repair, at most R rounds)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from langgraph.graph import END, START, StateGraph
 
-from capnas.graph import nodes, routing
+from capnas.graph import nodes, promotion, routing
 from capnas.graph.context import Context, ServedContext
 from capnas.graph.state import CandidateOutput, CandidateState, RunState
 
@@ -39,13 +39,15 @@ def build_graph(checkpointer=None, context_schema: type[Context] = Context):
     g = StateGraph(RunState, context_schema=context_schema)
     g.add_node("planner", nodes.planner_node)
     g.add_node("candidate", build_candidate_graph())
+    g.add_node("promoter", promotion.promoter_node)
     g.add_node("evaluator", nodes.evaluator_node)
     g.add_node("critic", nodes.critic_node)
     g.add_node("reporter", nodes.reporter_node)
 
     g.add_edge(START, "planner")
     g.add_conditional_edges("planner", routing.after_planner, ["candidate", "reporter"])
-    g.add_edge("candidate", "evaluator")
+    g.add_edge("candidate", "promoter")
+    g.add_edge("promoter", "evaluator")
     g.add_edge("evaluator", "critic")
     g.add_conditional_edges("critic", routing.after_critic)
     g.add_edge("reporter", END)

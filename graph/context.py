@@ -52,6 +52,8 @@ class Context(BaseModel):
     mutation: bool = Field(True, description="a duplicate, an empty edit list or an unusable critic answer becomes "
                                              "a random change of 1-2 spec fields of the parent (off: the coder is "
                                              "asked again)")
+    inherit_weights: bool = Field(True, description="a child of a trained parent starts from the parent's weights "
+                                                    "wherever names and shapes match (off: a fresh init)")
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form settings for integrations")
 
     @field_validator("device")

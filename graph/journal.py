@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS candidates (
     tokens       INTEGER NOT NULL DEFAULT 0,
     cost_usd     REAL NOT NULL DEFAULT 0,
     created_at   REAL NOT NULL,
-    updated_at   REAL NOT NULL
+    updated_at   REAL NOT NULL,
+    fidelity     TEXT,                     -- JSON rung schedule: rung reached, rungs, val metrics at each rung
+    inherited    TEXT                      -- JSON weights taken from the parent: from, tensors, params
 );
 CREATE TABLE IF NOT EXISTS llm_calls (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,7 +87,9 @@ CREATE INDEX IF NOT EXISTS candidates_by_run ON candidates(run_id, round);
 CREATE INDEX IF NOT EXISTS candidates_by_hash ON candidates(run_id, code_hash);
 """
 
-JSON_COLUMNS = {"task", "config", "spec", "contract", "hparams", "metrics", "curve", "samples"}
+JSON_COLUMNS = {"task", "config", "spec", "contract", "hparams", "metrics", "curve", "samples", "fidelity", "inherited"}
+# Columns added after the first journals were written: a journal without them gets them when opened.
+ADDED_COLUMNS = {"candidates": ("fidelity", "inherited")}
 
 
 def normalized_code_hash(code: str) -> str:
@@ -132,11 +136,26 @@ class Candidate:
     # bookkeeping (time.time() seconds)
     created_at: float
     updated_at: float
+    # multi-fidelity search: {"rung": k, "rungs": [epochs...], "scores": [{"rung", "epochs", "metrics"}...]};
+    # None when the run has no rung schedule (or the candidate never finished its first rung)
+    fidelity: dict[str, Any] | None = None
+    # {"from": parent id, "tensors", "of_tensors", "params", "of_params"}; None: trained from a fresh init
+    inherited: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Candidate:
         """The candidate of one table row (a column without a field, or the reverse, is a TypeError here)."""
         return cls(**_decode(row))
+
+    @property
+    def rung(self) -> int | None:
+        """The rung it has finished (0 for the first), or None without a schedule."""
+        return self.fidelity["rung"] if self.fidelity else None
+
+    @property
+    def partial(self) -> bool:
+        """Its scores are a cheap first look, not its final fidelity (see `fidelity_record`)."""
+        return bool(self.fidelity and self.fidelity.get("partial"))
 
     @property
     def violations(self) -> list[dict[str, Any]]:
@@ -146,6 +165,14 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict copy, keyed by column, for code that takes rows (the critic's table, a report record)."""
         return asdict(self)
+
+
+def fidelity_record(rungs: list[int], rung: int, scores: list[dict[str, Any]], exit_reason: str) -> dict[str, Any]:
+    """A candidate's `fidelity` column: the rung it has finished, the schedule, its val metrics at each rung it
+    finished ({"rung", "epochs", "metrics"}), and whether those scores are partial: from a rung below the
+    schedule's last while it could have trained on (it ran all its epochs; one that stopped early is final)."""
+    return {"rung": rung, "rungs": list(rungs), "scores": scores,
+            "partial": rung < len(rungs) - 1 and exit_reason == "epochs"}
 
 
 class Journal:
@@ -158,6 +185,11 @@ class Journal:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -381,7 +413,7 @@ CONTROL_ACTIONS = ("stop", "pause", "resume", "budget")
 
 CANDIDATE_COLUMNS = {
     "parent_id", "status", "repairs", "contract", "params", "hparams", "metrics", "curve", "samples",
-    "exit_reason", "artifacts", "tokens", "cost_usd", "code", "code_hash", "plan", "spec",
+    "exit_reason", "artifacts", "tokens", "cost_usd", "code", "code_hash", "plan", "spec", "fidelity", "inherited",
 }
 
 

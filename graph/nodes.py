@@ -21,7 +21,7 @@ from capnas.graph import coder_turn
 from capnas.graph import refine
 from capnas.graph.context import Context
 from capnas.graph.final_test import score_best_on_test
-from capnas.graph.journal import Candidate, normalized_code_hash
+from capnas.graph.journal import Candidate, fidelity_record, normalized_code_hash
 from capnas.graph.routing import after_validation
 from capnas.graph.services import RunServices, services_for
 from capnas.graph.state import CandidateState, RunState
@@ -364,43 +364,32 @@ def _probe(svc: RunServices, code: str, threads: int | None, exclusive: bool = F
 # -- trainer and evaluator ----------------------------------------------------------------------------
 def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Train a valid candidate in the sandbox; its val metrics come from the evaluator inside `train_candidate`.
-    After a crash the same run dir resumes from the last committed epoch, a finished job is not redone."""
-    from capnas.tools.jobs.training import train_candidate
-
+    After a crash the same run dir resumes from the last committed epoch, a finished job is not redone. With a
+    rung schedule it trains the first rung (the promoter takes the promising further); a child of a trained
+    parent starts from the parent's weights (`inherit_weights`)."""
     svc = _svc(state, runtime)
     cid = state["candidate_id"]
     cand = svc.journal.get_candidate(cid)
     if cand.status != "valid":
         return {}  # already trained (resume) or not trainable
     budgets = _budgets(svc)  # with a person's changes (chat /budget), as the planner and the critic read them
-    remaining_s = budgets.time_budget * 60 - (time.time() - state["started_at"])
     spec = archspec.ArchSpec(**cand.spec) if cand.spec else None
-    hparams = spec.prm() if spec else {}
-    batch_size = spec.batch_size if spec else 32
-    ctx = runtime.context
-    train_time_s = max(10.0, min(budgets.train_time_s, remaining_s))
-    with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.params, batch_size)) as device:
-        _emit(runtime, "candidate", candidate_id=cid, status="training")
-        features = _stored_features(svc, runtime, spec, device, cid)
-        svc.journal.log_event(svc.run_id, "train_call", {"remaining_s": round(remaining_s, 1),
-                                                         "train_time_s": round(train_time_s, 1), "device": device,
-                                                         "threads": svc.threads, "features": features}, cid)
-        outcome = train_candidate(
-            cand.code, svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
-            epochs=min(spec.epochs, budgets.epochs) if spec else budgets.epochs, batch_size=batch_size,
-            train_time_s=train_time_s,
-            device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,
-            on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
-            features=features,
-        )
+    epochs = budgets.rungs[0] if budgets.rungs else min(spec.epochs, budgets.epochs) if spec else budgets.epochs
+    parent = _existing(svc, cand.parent_id) if runtime.context.inherit_weights and cand.parent_id else None
+    inherit = parent_weights(parent) if parent is not None else None
+    outcome = train_job(svc, runtime, cand, state["started_at"], epochs=epochs, inherit=inherit)
     # A job killed from outside while this run lives (a person, the OOM killer, a lost Ray worker) is one failed
     # candidate: the run goes on. (When the run itself dies, nothing is recorded and a resume continues the job.)
     status = "trained" if outcome.ok else "failed"
+    fidelity = fidelity_record(budgets.rungs, 0, [{"rung": 0, "epochs": epochs, "metrics": outcome.metrics}],
+                               outcome.exit_reason)
     svc.journal.update_candidate(
         cid, status=status, exit_reason=outcome.exit_reason,
         curve=[p.model_dump(mode="json") for p in outcome.curve], metrics=outcome.metrics or None,
         samples=[s.model_dump(mode="json") for s in outcome.samples], hparams=outcome.hparams,
         params=outcome.params, artifacts=str(outcome.run_dir),
+        fidelity=fidelity if budgets.rungs and outcome.ok else None,
+        inherited={"from": cand.parent_id, **outcome.inherited} if outcome.inherited else None,
     )
     if outcome.error or not outcome.finished:
         svc.journal.log_event(svc.run_id, "train_error", {"exit_reason": outcome.exit_reason,
@@ -408,6 +397,45 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
     _emit(runtime, "candidate", candidate_id=cid, status=status, metrics=outcome.metrics,
           exit_reason=outcome.exit_reason)
     return {}
+
+
+def train_job(svc: RunServices, runtime: Runtime[Context], cand: Candidate, started_at: float, *, epochs: int,
+              inherit: Path | None = None, spent_s: float = 0.0):
+    """One sandboxed training job for a candidate, holding its slot: its first rung (or all its epochs), or a
+    promotion to the next rung (`spent_s`: training seconds its earlier rungs spent, which count against the
+    job's time budget). Each call may train `train_time_s` more seconds, never past the run's time budget."""
+    from capnas.tools.jobs.training import train_candidate
+
+    cid, budgets, ctx = cand.candidate_id, _budgets(svc), runtime.context
+    remaining_s = budgets.time_budget * 60 - (time.time() - started_at)
+    spec = archspec.ArchSpec(**cand.spec) if cand.spec else None
+    hparams = spec.prm() if spec else {}
+    batch_size = spec.batch_size if spec else 32
+    train_time_s = spent_s + max(10.0, min(budgets.train_time_s, remaining_s))
+    with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.params, batch_size)) as device:
+        _emit(runtime, "candidate", candidate_id=cid, status="training")
+        features = _stored_features(svc, runtime, spec, device, cid)
+        svc.journal.log_event(svc.run_id, "train_call", {"remaining_s": round(remaining_s, 1),
+                                                         "train_time_s": round(train_time_s, 1), "device": device,
+                                                         "threads": svc.threads, "features": features,
+                                                         "epochs": epochs}, cid)
+        return train_candidate(
+            cand.code, svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
+            epochs=epochs, batch_size=batch_size, train_time_s=train_time_s,
+            device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,
+            on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
+            features=features, inherit=inherit, keep_checkpoint=bool(budgets.rungs),
+        )
+
+
+def parent_weights(parent: Candidate) -> Path | None:
+    """The best weights of a trained parent's job, or None (not trained, or its job kept none)."""
+    from capnas.tools.jobs.training import stored_result
+
+    if parent.status != "trained" or not parent.artifacts:
+        return None
+    result = stored_result(parent.artifacts)
+    return result.best_weights if result is not None and result.best_weights is not None else None
 
 
 def _stored_features(svc: RunServices, runtime: Runtime[Context], spec: archspec.ArchSpec | None, device: str,

@@ -37,11 +37,12 @@ def test_a_stop_reason_ends_the_run_after_any_step() -> None:
 
 def test_the_graph_has_the_five_agents_and_the_loop() -> None:
     graph = build_graph().get_graph(xray=True)  # xray: inside the candidate branch (a subgraph) too
-    assert {"planner", "candidate:coder", "candidate:validator", "candidate:trainer", "evaluator", "critic",
-            "reporter"} <= set(graph.nodes)
+    assert {"planner", "candidate:coder", "candidate:validator", "candidate:trainer", "promoter", "evaluator",
+            "critic", "reporter"} <= set(graph.nodes)
     edges = {(e.source, e.target) for e in graph.edges}
     assert {("planner", "candidate:__start__"), ("candidate:validator", "candidate:coder"),
-            ("candidate:validator", "candidate:trainer"), ("candidate:__end__", "evaluator"), ("evaluator", "critic"),
+            ("candidate:validator", "candidate:trainer"), ("candidate:__end__", "promoter"), ("promoter", "evaluator"),
+            ("evaluator", "critic"),
             ("critic", "planner"), ("critic", "reporter")} <= edges
 
 

@@ -49,9 +49,29 @@ class Budgets(BaseModel):
     time_budget: float = Field(14.0, gt=0, le=60 * 24 * 30, validation_alias=AliasChoices("time_budget", "time_budget_min"),
                                description="minutes for the whole run (checked between candidates)")
     epochs: int = Field(8, ge=1, le=500, description="max training epochs per candidate (early stopping may end sooner)")
-    train_time_s: float = Field(80.0, gt=0, description="seconds of training per candidate")
+    train_time_s: float = Field(80.0, gt=0, description="seconds of training per candidate (per rung with `rungs`)")
+    # Successive halving (asynchronous, as ASHA): cheap first looks for all, more epochs for the promising.
+    rungs: list[int] = Field(default_factory=list, description="epochs at each rung of a multi-fidelity schedule, "
+                             "e.g. 1,3,8: every candidate trains the first rung, the best of those that reached a "
+                             "rung train on from their checkpoint to the next (none: every candidate trains `epochs`)")
+    promote: float = Field(0.5, gt=0, le=1, description="fraction of the candidates that reached a rung that go on "
+                                                        "to the next, best val objective first (with `rungs`)")
     max_tokens: int | None = Field(None, gt=0, description="LLM token budget for the run (stops it cleanly)")
     max_cost_usd: float | None = Field(None, gt=0, description="LLM money budget for the run (needs prices per role)")
+
+    @field_validator("rungs", mode="before")
+    @classmethod
+    def _rung_list(cls, value):
+        """`1,3,8` (a flag, a chat edit) is the list [1, 3, 8]."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_increase(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= e <= 500 for e in value) or any(a >= b for a, b in zip(value, value[1:])):
+            raise ValueError(f"rungs {','.join(map(str, value))}: each rung is a number of epochs between 1 and 500, "
+                             "more than the rung before (e.g. 1,3,8)")
+        return value
 
 
 class Task(BaseModel):

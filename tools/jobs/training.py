@@ -480,6 +480,12 @@ def _finish(result: TrainResult, book: _ScoreBook, refs: dict[int, list[str]], e
     return result
 
 
+def stored_result(run_dir: str | Path) -> TrainResult | None:
+    """The result of the finished job in `run_dir`, or None (not finished, or reopened for more epochs)."""
+    path = Path(run_dir) / RESULT_FILE
+    return TrainResult.model_validate_json(path.read_text()) if path.exists() else None
+
+
 def reopen(run_dir: str | Path, epochs: int) -> None:
     """Give a finished job more epochs: the next `train_candidate` call with `epochs` continues from its kept
     checkpoint (model, optimizers, schedulers, RNG and epoch counter) instead of returning the stored result.

@@ -22,7 +22,7 @@ from capnas.tools.jobs.training import TEST_CAPTIONS_FILE
 from capnas.tools.report.model_card import METRIC_NAMES, fmt_int, fmt_metric
 from capnas.tools.report.compare import comparison_table, verdict
 from capnas.tools.report.run_data import RunData, curve_points
-from capnas.tools.report.summary import METRIC_KEYS
+from capnas.tools.report.summary import METRIC_KEYS, fidelity_text, inherited_text, is_partial
 from capnas.tools.report.svg_chart import Series, chart
 
 GRID_MODELS = 3  # best models shown with validation images
@@ -164,8 +164,10 @@ def _leaderboard(data: RunData) -> str:
             f'<td class="num">{_e(c.round)}</td><td>{_e(c.mode)}</td><td>{_e(c.plan or "")}</td>'
             f'<td class="num">{fmt_int(c.params)}</td>'
             + "".join(f'<td class="num">{fmt_metric(metrics.get(k))}</td>' for k in METRIC_KEYS)
-            + f'<td class="num">{len(c.curve or [])}</td></tr>')
-    return f'<table class="leaderboard"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+            + f'<td class="num">{len(c.curve or [])}{" <small>partial</small>" if is_partial(c) else ""}</td></tr>')
+    note = ('<p class="note"><small>partial</small>: scores after a rung below the schedule\'s last; the search did '
+            "not promote it further.</p>" if any(is_partial(c) for c in data.board) else "")
+    return f'<table class="leaderboard"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>{note}'
 
 
 def _progress(data: RunData) -> str:
@@ -380,6 +382,7 @@ def _contract_reports(data: RunData) -> str:
                 facts.append(f"{report['latency_ms']:.2f} ms per image")
         if c.repairs:
             facts.append(f"{c.repairs} repair round(s)")
+        facts += [_e(t) for t in (fidelity_text(c), inherited_text(c)) if t]
         if c.exit_reason:
             facts.append(f"training ended by {_e(c.exit_reason)}" if c.status in ("trained", "failed")
                          else _e(c.exit_reason))

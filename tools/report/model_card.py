@@ -19,6 +19,7 @@ from capnas.tools.report.card_doc import Bullets, Code, Document, Quote, Section
 from capnas.tools.jobs.layers import LayerTable, layer_table, model_prm, shape_text
 from capnas.tools.report.compare import comparison_table, verdict
 from capnas.tools.report.run_data import RunData, curve_points
+from capnas.tools.report.summary import fidelity_text, inherited_text, is_partial
 
 SECTIONS = ("Overview", "Architecture", "Hyperparameters", "Data pipeline", "Metrics", "Error analysis",
             "Changes from parent", "Validation", "Usage")
@@ -92,7 +93,10 @@ def _overview(data: RunData, cand: Any) -> list:
         ["Round", str(cand.round)],
         ["Parent", f"`{cand.parent_id}`" if cand.parent_id else "none"],
         ["Parameters", fmt_int(cand.params)],
-        [f"Validation {METRIC_NAMES.get(objective, objective)} (objective)", fmt_metric(value)],
+        ["Starting weights", inherited_text(cand) or "a fresh init"],
+        *([["Training", fidelity_text(cand)]] if fidelity_text(cand) else []),
+        [f"Validation {METRIC_NAMES.get(objective, objective)} (objective)",
+         fmt_metric(value) + (" (partial: a rung below the schedule's last)" if is_partial(cand) else "")],
         ["Standing", ranked],
         ["Contract", "caption-net-v1 (images float [B, 3, H, W] in [0, 1] → caption ids; "
                      "PAD=0, BOS=1, EOS=2, UNK=3)"],

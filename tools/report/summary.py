@@ -17,24 +17,50 @@ class JournalLike(Protocol):
     def usage(self, run_id: str) -> dict[str, dict[str, float]]: ...
 
 
+def is_partial(cand: Any) -> bool:
+    """Its scores are from a rung below the schedule's last (a first look the search did not promote)."""
+    return bool((getattr(cand, "fidelity", None) or {}).get("partial"))
+
+
+def fidelity_text(cand: Any) -> str:
+    """'rung 1 of 3 (3 epochs), partial' for a candidate of a rung schedule; '' without one."""
+    f = getattr(cand, "fidelity", None)
+    if not f:
+        return ""
+    epochs = f["rungs"][f["rung"]]
+    return f"rung {f['rung'] + 1} of {len(f['rungs'])} ({epochs} epochs)" + (", partial" if f.get("partial") else "")
+
+
+def inherited_text(cand: Any) -> str:
+    """'inherited 12/14 tensors, 40,100/52,000 parameters from <parent>'; '' for a fresh init."""
+    i = getattr(cand, "inherited", None)
+    if not i:
+        return ""
+    return (f"inherited {i['tensors']}/{i['of_tensors']} tensors, {i['params']:,}/{i['of_params']:,} parameters "
+            f"from {i.get('from') or 'its parent'}")
+
+
 def leaderboard_rows(journal: JournalLike, run_id: str | None, objective: str) -> list[dict[str, Any]]:
     rows = []
     for c in journal.leaderboard(run_id, objective):
         metrics = c.metrics or {}
         rows.append({"run_id": c.run_id, "candidate_id": c.candidate_id, "mode": c.mode, "plan": c.plan,
-                     "params": c.params, **{k: metrics.get(k) for k in METRIC_KEYS}})
+                     "params": c.params, **{k: metrics.get(k) for k in METRIC_KEYS},
+                     "epochs": len(c.curve or []), "partial": is_partial(c), "fidelity": fidelity_text(c)})
     return rows
 
 
 def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| rank | candidate | mode | model | params | " + " | ".join(METRIC_KEYS) + " |"
-    sep = "|" + "---|" * (5 + len(METRIC_KEYS))
+    head = "| rank | candidate | mode | model | params | " + " | ".join(METRIC_KEYS) + " | epochs |"
+    sep = "|" + "---|" * (6 + len(METRIC_KEYS))
     body = [
         f"| {i} | {r['candidate_id']} | {r['mode']} | {r['plan'] or ''} | {r['params'] or 0:,} | "
-        + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], (int, float)) else "n/a" for k in METRIC_KEYS) + " |"
+        + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], (int, float)) else "n/a" for k in METRIC_KEYS)
+        + f" | {r.get('epochs', '')}{' (partial)' if r.get('partial') else ''} |"
         for i, r in enumerate(rows, 1)
     ]
-    return "\n".join([head, sep, *body])
+    note = ["", "(partial): scores after a rung below the schedule's last; the search did not promote it further."]
+    return "\n".join([head, sep, *body, *(note if any(r.get("partial") for r in rows) else [])])
 
 
 def write_run_summary(journal: JournalLike, run_id: str, objective: str, run_dir: Path) -> dict[str, Any]:
