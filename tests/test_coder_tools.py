@@ -235,3 +235,46 @@ def test_spec_mode_with_tools_submits_a_spec(tmp_path: Path) -> None:
     assert "tool_choice" not in request  # the model chooses: a tool, or a plain answer
     cand = journal.get_candidate("spect-r000")
     assert cand.status == "generated" and cand.spec["decoder"]["name"] == "gru" and "class Net" in cand.code
+
+
+@pytest.mark.slow
+def test_capnas_run_with_a_tool_calling_coder_goes_on_past_a_coder_that_never_submits(tmp_path: Path) -> None:
+    """The same through `capnas run` (the CLI, the compiled graph, its checkpointer): the first candidate's coder
+    spends its calls and the candidate ends; the second tries, checks, fixes, submits, and is trained."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    critique = {"feedback": "nothing trained yet; try again", "decision": "explore", "parent_id": None}
+    script = [*[tool_call("check_contract", {"code": BROKEN}, role="coder")] * 4,  # the fourth: over the budget
+              tool_call("Critique", critique, role="critic"),
+              tool_call("RoundPlan", {"encoders": ["small_cnn"], "decoders": ["gru"], "rationale": "again"},
+                        role="planner"),
+              tool_call("run_snippet", {"code": "print(images.shape)"}, role="coder"),
+              tool_call("check_contract", {"code": BROKEN}, role="coder"),
+              tool_call("submit", {"code": VALID}, role="coder"),
+              tool_call("Critique", {**critique, "decision": "stop"}, role="critic")]
+    with ScriptedLLMServer(script) as server:
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({
+            "dataset": "shapes:60", "image_size": 32, "epochs": 1, "train_time_s": 15, "time_budget": 30,
+            "threads": 1, "max_latency_ms": 10_000, "concurrency": 1, "max_candidates": 2, "generation": "code",
+            "coder_tool_calls": 3, "run_dir": str(tmp_path / "ws"), "llm_base_url": server.base_url,
+            "llm_model": "scripted"}))
+        done = subprocess.run([sys.executable, "-m", "capnas", "run", "--config", str(config), "--json",
+                               "--no-report"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not server.unused_steps
+
+    summary = json.loads(done.stdout)
+    journal = Journal(tmp_path / "ws" / "journal.sqlite")
+    first, second = journal.candidates(summary["run_id"])
+    assert summary["status"] == "finished" and (summary["candidates"], summary["trained"]) == (2, 1), \
+        ([(c.status, c.exit_reason, c.violations) for c in (first, second)], done.stderr[-2000:])
+    assert first.status == "invalid" and [v["code"] for v in first.violations] == ["LLM-002"]
+    assert second.status == "trained" and second.repairs == 0 and second.metrics
+    calls = [(e["candidate_id"], e["payload"]["tool"]) for e in journal.events(summary["run_id"], "coder_tool")]
+    assert calls == [(first.candidate_id, "check_contract")] * 3 + [
+        (second.candidate_id, "run_snippet"), (second.candidate_id, "check_contract"), (second.candidate_id, "submit")]
+    assert f"{second.candidate_id} coder tool call 1: run_snippet" in done.stderr

@@ -48,6 +48,9 @@ def _progress_printer(json_mode: bool, requirement: str = ""):
             if e.get("plan"):
                 extra += f" [dim]{e['plan']}[/dim]"
             console.print(f"  {e['candidate_id']}: {e['status']}{extra}")
+        elif kind == "coder_tool":  # the coder trying its draft before it submits
+            console.print(f"    {e.get('candidate_id')} coder tool call {e.get('call')}: {e.get('tool')}"
+                          f" ({e.get('sandbox_s') or 0:.1f} s in the sandbox)")
         elif kind == "train" and e.get("phase") == "epoch":  # candidates of a round train at once: name each
             loss = e.get("loss")
             console.print(f"    {e.get('candidate_id')} epoch {e.get('epoch')}: " +
