@@ -8,8 +8,9 @@ the builder's memory stays a few chunks whatever the data set's size (COCO's tra
 
 It is built in `.<name>.partial` beside its final place, under a file lock, and renamed into place: a crash
 never leaves a half-written cache, and concurrent builders of the same cache build it once. The partial
-directory records every few seconds how many rows of each array are on disk, so a build that was killed
-(SIGKILL, the OOM killer, Ctrl-C) continues from there the next time. A cache found at the final place in
+directory records every 10 s (`CHECKPOINT_S`) how many rows of each array are on disk, so a build that was
+killed (SIGKILL, the OOM killer, Ctrl-C) continues from there the next time; one that failed on bad input is
+removed (the input is what changes before the next try). A cache found at the final place in
 another format (or unreadable) is rebuilt, never read.
 
 The layout is the one `capnas.sandbox.prepared` reads. Its `sandbox_view/` subdirectory holds what a
