@@ -17,7 +17,7 @@ with no tool call is a one-shot answer, as before tools. The validator still val
 from __future__ import annotations
 
 import json
-import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,8 +30,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from capnas.agents.parsing import extract_fenced, extract_json_object
 from capnas.tools.design.archspec import ArchSpec, frozen, render, spec_model
-
-log = logging.getLogger(__name__)
 
 TOOLS_NOTE = (
     "You have tools. `check_contract` validates a draft exactly as the validator will (static checks, then a "
@@ -131,12 +129,14 @@ def run_tool_loop(llm: BaseChatModel, messages: Sequence[BaseMessage], schema: t
     while True:
         reply = bound.invoke(conversation)
         turn.usage = _usage(turn.usage, reply)
-        if not reply.tool_calls:  # a one-shot answer: what a model that does not call tools always gives
+        calls = reply.tool_calls or _echoed_call(str(reply.text), by_name)
+        if not calls:  # a one-shot answer: what a model that does not call tools always gives
             turn.raw = str(reply.text)
             turn.answer = text_answer(turn.raw) if text_answer else None
             return turn
-        conversation.append(reply)
-        for call in reply.tool_calls:
+        # (an echoed call is replayed as the call it meant, so the tool results that follow answer a real call)
+        conversation.append(reply if reply.tool_calls else AIMessage(content="", tool_calls=calls))
+        for call in calls:
             if turn.calls >= max_calls:
                 turn.ended, turn.reason = "tool_budget", (f"the coder used its {max_calls} tool calls without "
                                                           "submitting")
@@ -160,6 +160,18 @@ def run_tool_loop(llm: BaseChatModel, messages: Sequence[BaseMessage], schema: t
                 turn.ended = "submitted"
                 return turn
             conversation.append(_invoke(by_name, call, turn, run))
+
+
+def _echoed_call(text: str, by_name: dict[str, BaseTool]) -> list[dict[str, Any]]:
+    """Small models often write a call as text, `{"name": "submit", "arguments": {...}}`: that call, else []."""
+    try:
+        data = extract_json_object(text)
+    except ValueError:
+        return []
+    if data.get("name") in by_name and isinstance(data.get("arguments"), dict):
+        return [{"name": data["name"], "args": data["arguments"], "id": f"echoed_{uuid.uuid4().hex[:8]}",
+                 "type": "tool_call"}]
+    return []
 
 
 def _invoke(by_name: dict[str, BaseTool], call: dict[str, Any], turn: ToolTurn, run: Executors) -> ToolMessage:

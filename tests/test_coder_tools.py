@@ -214,6 +214,20 @@ def test_a_tool_loop_stops_when_the_run_time_budget_is_spent(tmp_path: Path) -> 
     assert _coder_tools(journal, "late") == []
 
 
+def test_a_call_written_as_text_is_the_call_it_meant(tmp_path: Path) -> None:
+    """Small models often write the call envelope as text instead of a tool call."""
+    echoed = json.dumps({"name": "check_contract", "arguments": {"code": BROKEN}})
+    with ScriptedLLMServer([answer(echoed, role="coder"),
+                            answer(json.dumps({"name": "submit", "arguments": {"code": VALID}}), role="coder")]) as server:
+        journal, runtime, state = _run(tmp_path, server, "echo")
+        nodes.coder_node(state, runtime)
+        second = server.requests[1]["messages"]
+    assert [c["tool"] for c in _coder_tools(journal, "echo")] == ["check_contract", "submit"]
+    # the echoed call went back as an assistant tool call, its result as the tool message answering it
+    assert second[-2]["tool_calls"][0]["id"] == second[-1]["tool_call_id"] and "IMP-001" in second[-1]["content"]
+    assert journal.get_candidate("echo-r000").code == VALID
+
+
 def test_spec_mode_keeps_its_forced_single_call_unless_asked(tmp_path: Path) -> None:
     spec = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "gru"}, "lr": 0.003, "batch_size": 32, "epochs": 1}
     with ScriptedLLMServer([tool_call("ArchSpec", spec, role="coder")]) as server:
