@@ -193,3 +193,20 @@ def test_cli_import_writes_the_module_and_refuses_with_exit_1(tmp_path: Path) ->
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip() == f"capnas lemur import: {tmp_path / 'nope.py'}: no such file"
     assert "Traceback" not in refused.stderr + missing.stderr
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["{missing}", "--dataset", "shapes:30"], "capnas lemur score: {missing}: no such folder"),
+    (["{empty}", "--dataset", "shapes:30"], "capnas lemur score: {empty}: no .py model files in it"),
+    (["{corpus}", "--dataset", "shapes:30", "--epochs", "0"], "capnas lemur score: --epochs 0: must be between 1 and 500"),
+    (["{corpus}", "--dataset", "nope.json"], "capnas lemur score: --dataset nope.json: unknown dataset 'nope.json'"),
+])
+def test_cli_score_refuses_bad_input_before_anything_runs(tmp_path: Path, args: list[str], line: str) -> None:
+    (tmp_path / "empty").mkdir()
+    where = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "corpus": CORPUS}
+    args = [a.format(**where) for a in args]
+    done = subprocess.run([*CAPNAS, "lemur", "score", *args, "--run-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(line.format(**where))
+    assert not (tmp_path / "runs").exists()  # nothing ran
