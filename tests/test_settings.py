@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -82,14 +81,12 @@ def _embedded_servers() -> set[int]:
 
 
 def _refused(tmp_path: Path, *args: str) -> str:
-    """Run `capnas ARGS` in an empty folder: exit 2 within 10 s, one line on stderr, nothing written, no server."""
+    """Run `capnas ARGS` in an empty folder: exit 2, one line on stderr, nothing written, no server started (the
+    refusal comes before anything slow; no wall-time assert, which a loaded machine would break)."""
     before, listing = _embedded_servers(), sorted(p.name for p in tmp_path.iterdir())
-    started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "capnas", *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "CAPNAS_CACHE": str(tmp_path / "cache")})
-    wall = time.monotonic() - started
     assert done.returncode == 2, (done.returncode, done.stderr)
-    assert wall < 10, f"refusing took {wall:.1f} s"
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line, got: {done.stderr}"
     assert "Traceback" not in done.stderr
