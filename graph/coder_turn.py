@@ -12,8 +12,7 @@ from typing import Any
 from capnas.agents.coder_tools import Executors
 from capnas.graph.journal import CODER_TOOL
 from capnas.graph.services import RunServices
-from capnas.sandbox import SandboxError, SandboxUnavailable
-from capnas.tools.jobs.snippet import run_snippet
+from capnas.tools.jobs.snippet import SANDBOX_FAILURES, run_snippet
 from capnas.tools.jobs.validation import ValidationReport
 
 # The candidate ends with this violation when the coder stops calling tools without submitting.
@@ -40,7 +39,7 @@ def executors(svc: RunServices, cid: str, probe: Callable[[str], ValidationRepor
     def check(code: str) -> dict[str, Any]:
         try:
             return check_result(probe(code))
-        except (SandboxError, SandboxUnavailable, ValueError) as err:  # the sandbox failed, not the draft
+        except (*SANDBOX_FAILURES, ValueError) as err:  # the sandbox failed, not the draft
             return {"ok": False, "error": f"the sandbox could not run the probe: {str(err)[-500:]}", "sandbox_s": 0.0}
 
     def snippet(code: str, module: str | None) -> dict[str, Any]:
@@ -49,7 +48,7 @@ def executors(svc: RunServices, cid: str, probe: Callable[[str], ValidationRepor
                 result = run_snippet(code, svc.contract, svc.prepared.sandbox_dir, device, module=module,
                                      threads=svc.threads, runner=svc.runner,
                                      scratch_root=svc.scratch_dir if svc.ctx.executor == "ray" else None)
-        except (SandboxError, SandboxUnavailable, ValueError) as err:  # e.g. a job the walls stopped at start-up
+        except (*SANDBOX_FAILURES, ValueError) as err:  # e.g. a job the walls stopped at start-up
             return {"exit_reason": "sandbox_error", "error": str(err)[-1000:], "sandbox_s": 0.0}
         return result.model_dump()
 

@@ -214,6 +214,24 @@ def test_a_tool_loop_stops_when_the_run_time_budget_is_spent(tmp_path: Path) -> 
     assert _coder_tools(journal, "late") == []
 
 
+def test_a_sandbox_that_cannot_run_a_tool_is_a_clean_result_not_a_crash(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from capnas.sandbox.tiers import ALLOW_UNSANDBOXED_ENV, TIER_ENV
+
+    monkeypatch.setenv(TIER_ENV, "C")  # unsandboxed, and not allowed: every job is refused before it starts
+    monkeypatch.delenv(ALLOW_UNSANDBOXED_ENV, raising=False)
+    with ScriptedLLMServer([tool_call("check_contract", {"code": VALID}, role="coder"),
+                            tool_call("run_snippet", {"code": "print(1)"}, role="coder"),
+                            tool_call("submit", {"code": VALID}, role="coder")]) as server:
+        journal, runtime, state = _run(tmp_path, server, "nosandbox")
+        nodes.coder_node(state, runtime)
+        told = [json.loads(m) for m in _tool_messages(server.requests[2])]
+    check, snippet = told
+    assert check["ok"] is False and "no sandbox is available on this host" in check["error"]
+    assert snippet["exit_reason"] == "sandbox_error" and "no sandbox is available" in snippet["error"]
+    assert journal.get_candidate("nosandbox-r000").status == "generated"  # submitted: the validator decides
+
+
 def test_a_call_written_as_text_is_the_call_it_meant(tmp_path: Path) -> None:
     """Small models often write the call envelope as text instead of a tool call."""
     echoed = json.dumps({"name": "check_contract", "arguments": {"code": BROKEN}})

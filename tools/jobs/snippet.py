@@ -19,12 +19,14 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from capnas.contracts import Contract
-from capnas.sandbox import Job, Limits, SandboxResult, run_sandboxed
+from capnas.sandbox import Job, Limits, SandboxError, SandboxResult, SandboxUnavailable, run_sandboxed
 from capnas.sandbox.job import CANDIDATE_FILE
 from capnas.sandbox.snippet import SNIPPET_FILE
 from capnas.tools.jobs.validation import DEFAULT_STARTUP_S
 
 TAIL_CHARS = 2000  # of stdout and of stderr: what the model reads back (tokens), the rest is noise
+# What a job raises when the sandbox itself failed, not the code in it: the coder's tools answer these as results.
+SANDBOX_FAILURES = (SandboxError, SandboxUnavailable)
 MAX_EVENTS = 20
 BATCH_SIZE = 4
 PIDS = 64  # a snippet needs a few threads, not a process tree: a fork bomb stops here
