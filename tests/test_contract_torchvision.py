@@ -64,11 +64,11 @@ class Net(nn.Module):
     def __init__(self, in_shape, out_shape, prm, device):
         super().__init__()
         self.max_len = prm["max_len"]
-        backbone = tv.resnet18(weights=None)
-        self.encoder = nn.Sequential(*list(backbone.children())[:-1])  # [B, 512, 1, 1]
-        self.embed = nn.Embedding(out_shape[0], 512)
-        self.gru = nn.GRU(512, 512, batch_first=True)
-        self.out = nn.Linear(512, out_shape[0])
+        backbone = tv.squeezenet1_1(weights=None)
+        self.encoder = nn.Sequential(backbone.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 64))
+        self.embed = nn.Embedding(out_shape[0], 64)
+        self.gru = nn.GRU(64, 64, batch_first=True)
+        self.out = nn.Linear(64, out_shape[0])
         self.to(device)
 
     def train_setup(self, prm):
@@ -76,7 +76,7 @@ class Net(nn.Module):
         self.optimizer = torch.optim.Adam(self.parameters(), lr=prm["lr"])
 
     def _logits(self, images, tokens):
-        h0 = self.encoder(images).flatten(1).unsqueeze(0)
+        h0 = self.encoder(images).unsqueeze(0)
         out, _ = self.gru(self.embed(tokens), h0)
         return self.out(out)
 
@@ -108,13 +108,13 @@ class Net(nn.Module):
 '''
 
 
-@pytest.mark.slow  # ~25 s: torchvision's import and ResNet-18 in the sandbox
+@pytest.mark.slow  # ~25 s: torchvision's import and a probe in the sandbox
 def test_a_torchvision_architecture_passes_the_sandboxed_probe() -> None:
     from capnas.tools.jobs.validation import validate_code
 
-    contract = caption_net_v1(vocab_size=40, image_size=32, max_len=8, max_params=20_000_000,
-                              max_latency_ms=5000.0)
+    # Generous time budgets: the point is the allow-list and the real builder, not speed on a shared CI box.
+    contract = caption_net_v1(vocab_size=40, image_size=32, max_len=8, max_latency_ms=5000.0, max_probe_s=300.0)
     assert check_source(TV_MODEL, contract) == []
     report = validate_code(TV_MODEL, contract, "cpu", seed=0)
     assert report.ok, [(v.code, v.message) for v in report.violations]
-    assert report.params > 11_000_000  # ResNet-18's own 11.2M parameters are there: the builder really ran
+    assert report.params > 720_000  # SqueezeNet 1.1's own 0.72M feature parameters are there: the builder ran

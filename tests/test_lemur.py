@@ -149,8 +149,9 @@ def test_learn_trains_on_every_reference_and_returns_the_mean_loss_its_criterion
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
-@pytest.mark.parametrize("name", ["C5C-RESNETLSTM-0.py", "C5C-RESNETLSTM-1.py", "C5C-RESNETLSTM-8.py",
-                                  "C5C-RESNETLSTM-11.py"])
+# Single-step logits, BOS-led ids, (logits, attention) tuples; -11's own 50-step decoder is left to the slow
+# sandboxed validation (tests/test_lemur_sandbox.py).
+@pytest.mark.parametrize("name", ["C5C-RESNETLSTM-0.py", "C5C-RESNETLSTM-1.py", "C5C-RESNETLSTM-8.py"])
 def test_inference_gives_eos_terminated_ids_within_max_len(name: str) -> None:
     torch.manual_seed(0)
     net = _load(name).Net((2, 3, 32, 32), (VOCAB,), dict(PRM), torch.device("cpu"))
