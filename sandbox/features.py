@@ -2,9 +2,9 @@
 
 The parent (`capnas.tools.data.features`) writes into `candidate.py` a rendered module whose `build_encoder()` is the
 frozen extractor, the very code every candidate with that encoder runs; this entry calls it in eval mode over
-the prepared images and writes `<split>.features.npy` (float16 `[N, T, D]`, prepared order) and the ids of its
-images into the scratch dir, batch by batch at each batch's offset: the job holds one batch of tokens, not a
-split's (COCO's train tokens are 15 GB). The parent then moves the files beside the prepared data, where
+the prepared images, read batch by batch, and writes `<split>.features.npy` (float16 `[N, T, D]`, prepared
+order) and the ids of its images into the scratch dir, each batch at its offset: the job holds one batch of
+images and tokens, never a split's (COCO's train tokens are 12 GB). The parent then moves the files beside the prepared data, where
 training jobs read them instead of images.
 """
 
@@ -31,15 +31,15 @@ def extract(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, dev
     batch_size = int(args.get("batch_size", 64))
     shapes: dict[str, list[int]] = {}
     for split in args.get("splits") or ["train", "val"]:
-        images = prepared.load_images(data_dir, split)  # memory-mapped: pages come and go as batches pass
+        n = len(prepared.load_image_ids(data_dir, split))
         path = scratch / f"{split}.features.npy"
         writer: prepared.RowWriter | None = None
-        for i, chunk in enumerate(images.split(batch_size)):
+        for i, chunk in enumerate(prepared.image_batches(data_dir, split, batch_size)):
             tokens = encoder(to_float(chunk, dev)).to(torch.float16).cpu()
             if writer is None:  # the token shape is known once the encoder has run
-                writer = prepared.RowWriter(path, np.float16, (len(images), *tokens.shape[1:]))
+                writer = prepared.RowWriter(path, np.float16, (n, *tokens.shape[1:]))
             writer.write(i * batch_size, tokens.numpy())
-            emit("features_step", split=split, images=min((i + 1) * batch_size, len(images)), of=len(images))
+            emit("features_step", split=split, images=min((i + 1) * batch_size, n), of=n)
         if writer is None:
             raise RuntimeError(f"split {split!r} has no images to extract features from")
         writer.close()

@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -198,6 +198,20 @@ def load_captions(data_dir: Path, split: str, mmap: bool = True) -> torch.Tensor
     captions = _load(path, mmap)
     _check_captions(captions, path)
     return captions
+
+
+def image_batches(data_dir: Path, split: str, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 `[B, 3, S, S]` batches of one split's images in order, each read from the file into fresh memory:
+    a pass over a split holds one batch, where a memory map would keep every page it touched resident."""
+    path = images_file(data_dir, split)
+    n, *_ = load_images(data_dir, split).shape  # checks the file; the map is dropped at once
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            yield torch.from_numpy(np.fromfile(f, dtype=dtype, count=count * row).reshape(count, *shape[1:]))
 
 
 def load_image_ids(data_dir: Path, split: str) -> list[int]:

@@ -129,6 +129,13 @@ def test_rows_written_in_chunks_read_back_bit_identical(tmp_path: Path) -> None:
     assert prepared._load(tmp_path / "val.features.npy", mmap=True).numpy().tobytes() == tokens.tobytes()
 
 
+def test_image_batches_read_a_split_back_in_order(tmp_path: Path) -> None:
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    prepared.save_split(tmp_path, "val", images, torch.zeros(10, 5, 6, dtype=torch.int64), list(range(10)))
+    batches = list(prepared.image_batches(tmp_path, "val", 4))
+    assert [len(b) for b in batches] == [4, 4, 2] and torch.equal(torch.cat(batches), images)
+
+
 def test_a_writer_resumes_only_an_array_of_the_same_dtype_and_shape(tmp_path: Path) -> None:
     path = tmp_path / "a.npy"
     with prepared.RowWriter(path, np.uint8, (4, 2)) as writer:
