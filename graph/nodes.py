@@ -448,8 +448,10 @@ def _stored_features(svc: RunServices, runtime: Runtime[Context], spec: archspec
     if encoder is None:
         return None
     try:
+        progress = _emitter(runtime, "progress")  # the job's events arrive on the launcher's reader thread
         key, extracted = ensure_features(svc.prepared, encoder, device=device, threads=svc.threads,
-                                         runner=svc.runner, scratch_root=svc.scratch_dir)
+                                         runner=svc.runner, scratch_root=svc.scratch_dir,
+                                         on_progress=lambda e: progress({k: v for k, v in e.items() if k != "event"}))
     except FeaturesError as e:
         svc.journal.log_event(svc.run_id, "features_failed", {"encoder": encoder, "error": str(e)[-2000:]}, cid)
         return None

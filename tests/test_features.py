@@ -157,7 +157,8 @@ def test_a_run_extracts_once_and_its_frozen_candidates_share_the_tokens(tmp_path
                 families=["efficientnet_lite0", "gru"],
                 budgets=Budgets(max_candidates=3, epochs=1, train_time_s=60)).model_dump()
     ctx = Context(run_dir=str(tmp_path / "ws"), generation="random", threads=1, concurrency=2, seed=13)
-    summary = runner.start(ctx, task, run_id="frozen")
+    events: list[dict] = []
+    summary = runner.start(ctx, task, run_id="frozen", on_event=events.append)
 
     assert summary["status"] == "finished" and summary["candidates"] == 3
     journal = Journal(tmp_path / "ws" / "journal.sqlite")
@@ -171,3 +172,7 @@ def test_a_run_extracts_once_and_its_frozen_candidates_share_the_tokens(tmp_path
     assert len(frozen) == 2 and set(used) == set(cands)
     assert {cid: used[cid] for cid in frozen} == {cid: key for cid in frozen}
     assert [used[cid] for cid in set(cands) - frozen] == [None], "a fine-tuned encoder sees images"
+    # the extraction's progress reaches the run's event stream (what `capnas run` prints and `chat` shows)
+    extracting = {e["split"] for e in events if e.get("event") == "progress" and e.get("step") == "extract"
+                  and e["done"] == e["total"]}
+    assert extracting == {"train", "val"}, [e for e in events if e.get("event") == "progress"]
