@@ -1,6 +1,7 @@
 """`capnas export RUN_ID --format lemur` on a real run (`report_run`), and the exported file driven exactly as
-LEMUR's harness drives a model (ab/nn/util/Train.py, ab/nn/loader/coco_/Caption.py): Net(in_shape, out_shape,
-prm, device) with LEMUR's prm (its hyperparameters, batch, transform, epoch_max; no max_len), train_setup(prm),
+LEMUR's harness drives a model (ab/nn/util/Train.py, ab/nn/loader/coco_/Caption.py, as released in nn-dataset
+2.1.2): Net(in_shape, out_shape, prm, device) with LEMUR's prm (its hyperparameters, batch, transform; no
+max_len), train_setup(prm),
 learn over a DataRoll of batches whose captions are [B, Ncap, L] with L the longest caption of each batch (so
 longer than the task's max_len at times, and with all-PAD filler references), then net(images) in eval mode."""
 
@@ -94,10 +95,10 @@ def test_the_exported_model_runs_the_way_lemurs_harness_runs_a_model(exported: t
     module = _load(path)
     torch.manual_seed(0)
     # optuna_objective: every declared name gets a value (lr, momentum, dropout, else a float in [0, 1]),
-    # then epoch_max, batch and transform; no max_len.
+    # then batch and transform; no max_len.
     suggested = {"lr": 1e-3, "momentum": 0.9, "dropout": 0.2}
     prm = {name: suggested.get(name, 0.5) for name in module.supported_hyperparameters()}
-    prm.update(epoch_max=1, batch=4, transform="norm_256_flip")
+    prm.update(batch=4, transform="norm_256_flip")
     batches = _lemur_batches(batch=4, size=32, lengths=[9, MAX_LEN + 8, 14])
     in_shape = tuple(batches[0][0].shape)  # get_in_shape: the first batch's images
     device = torch.device("cpu")  # torch_device()
@@ -126,6 +127,6 @@ def test_without_the_lemur_face_the_capnas_model_fails_on_lemurs_prm(built: Buil
     best = Journal(built.workspace / "journal.sqlite").leaderboard(RUN_ID)[0]
     module = types.ModuleType("capnas_candidate")
     exec(compile(best.code, "candidate.py", "exec"), module.__dict__)  # noqa: S102 - the run's own spec code
-    prm = {name: 0.5 for name in module.supported_hyperparameters()} | {"epoch_max": 1, "batch": 4}
+    prm = {name: 0.5 for name in module.supported_hyperparameters()} | {"batch": 4, "transform": "norm_256_flip"}
     with pytest.raises(KeyError, match="max_len"):
         module.Net((4, 3, 32, 32), (LEMUR_VOCAB,), prm, torch.device("cpu"))
