@@ -16,6 +16,7 @@ ROOMS = [
     "capnas",  # the application: CLI, chat console, Python API, settings, the embedded LLM
     "capnas.graph",
     "capnas.agents",
+    "capnas.tools.lemur",  # exchange with LEMUR: imports, validates, trains and exports like a run does
     "capnas.tools.report",
     "capnas.tools.jobs",
     "capnas.tools.scoring",
