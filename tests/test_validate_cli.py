@@ -104,3 +104,25 @@ def test_valid_model_exit_0_through_the_sandbox(app: typer.Typer) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["ok"] is True and doc["violations"] == [] and doc["params"] > 0 and doc["latency_ms"] > 0
+
+
+def test_a_probe_budget_below_zero_is_refused_before_anything_runs(app: typer.Typer) -> None:
+    result = invoke(app, str(FIXTURES / "valid" / "cnn_gru.py"), "--dataset", "shapes:20", "--max-probe-s", "0")
+    assert result.exit_code == 2 and "--max-probe-s 0: must be greater than 0" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_probe_budget_flag_reaches_the_sandboxed_probe(app: typer.Typer) -> None:
+    """`--max-probe-s` (LEMUR-sized models need minutes) is the budget the probe is held to: 10 ms is exceeded."""
+    from capnas.sandbox import detect_tier
+    from capnas.sandbox.tiers import SandboxUnavailable, require_runnable
+
+    try:
+        require_runnable(detect_tier())
+    except SandboxUnavailable as e:
+        pytest.skip(f"no sandbox on this host: {e}")
+    result = invoke(app, str(FIXTURES / "valid" / "cnn_lstm.py"), "--dataset", "shapes:20", "--image-size", "32",
+                    "--max-len", "12", "--max-latency-ms", "100000", "--max-probe-s", "0.01", "--json")
+    assert result.exit_code == 1, result.output
+    codes = {v["code"]: v for v in json.loads(result.stdout)["violations"]}
+    assert set(codes) == {"BUD-003"} and "over the 0.01 s budget" in codes["BUD-003"]["message"]

@@ -11,6 +11,7 @@ import typer
 
 from capnas.commands._checks import (OneLineErrors, allowed, check_device, check_field, check_file, fail as _fail,
                                     load_data, vocabulary_size)
+from capnas.contracts.caption_net_v1 import DEFAULT_BUDGETS
 from capnas.tools.task import Task, default_image_size, default_min_count
 
 _TASK = Task.model_fields
@@ -41,6 +42,11 @@ def register(app: typer.Typer) -> None:
                                      help=f"Parameter budget ({allowed(Task, 'max_params')})."),
         max_latency_ms: float = typer.Option(
             _TASK["max_latency_ms"].default, "--max-latency-ms", help="Inference budget per image, in ms."),
+        max_probe_s: float = typer.Option(
+            DEFAULT_BUDGETS["max_probe_s"], "--max-probe-s",
+            help="Seconds for the whole probe (construct, train_setup, learn, forward); LEMUR-sized models need more."),
+        max_memory_mb: int = typer.Option(DEFAULT_BUDGETS["max_memory_mb"], "--max-memory-mb",
+                                          help="Memory the probe may use, in MB."),
         device: str = typer.Option("cpu", "--device", help="Where the probe runs: cpu, cuda or cuda:N."),
         seed: int = typer.Option(0, "--seed", help="Seed of the probe's synthetic data and of torch."),
         as_json: bool = typer.Option(
@@ -57,6 +63,9 @@ def register(app: typer.Typer) -> None:
         for flag, value in (("--image-size", image_size), ("--max-len", max_len), ("--min-count", min_count),
                             ("--max-params", max_params), ("--max-latency-ms", max_latency_ms)):
             check_field(COMMAND, flag, value, Task)
+        for flag, value in (("--max-probe-s", max_probe_s), ("--max-memory-mb", max_memory_mb)):
+            if not value > 0:
+                fail(f"{flag} {value:g}: must be greater than 0")
         device = check_device(COMMAND, device)
         check_file(COMMAND, file)
         try:
@@ -74,7 +83,8 @@ def register(app: typer.Typer) -> None:
         vocab_size = vocabulary_size(COMMAND, data, min_count)
         try:
             contract = get_contract(contract_name, vocab_size=vocab_size, image_size=image_size, max_len=max_len,
-                                    max_params=max_params, max_latency_ms=max_latency_ms)
+                                    max_params=max_params, max_latency_ms=max_latency_ms, max_probe_s=max_probe_s,
+                                    max_memory_mb=max_memory_mb)
         except ValueError as exc:
             fail(f"--contract {contract_name}: {exc}")
 
