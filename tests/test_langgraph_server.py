@@ -41,8 +41,9 @@ KEY_VAR = "CAPNAS_TEST_SERVED_KEY"
 SPEC_A = {"encoder": {"name": "small_cnn"}, "decoder": {"name": "lstm", "embed_dim": 128, "hidden_size": 128,
                                                         "num_layers": 1, "attention": False},
           "lr": 0.003, "batch_size": 32, "epochs": 1}
-SPEC_B = {**SPEC_A, "decoder": {**SPEC_A["decoder"], "attention": True}}
 CRITIQUE = {"feedback": "try attention", "decision": "refine", "parent_id": None}
+# A refine is the parent with the critic's typed edits (no coder call): SPEC_A with attention on.
+CRITIQUE_EDITS = {**CRITIQUE, "edits": [{"field": "lstm.attention", "value": True}]}
 
 
 def _needs_langgraph_cli() -> None:
@@ -135,9 +136,9 @@ def test_a_spec_run_streams_through_langgraph_dev_and_no_key_is_left_on_disk(tmp
     log = tmp_path / "langgraph-dev.log"
     task = Task(dataset="shapes:200", image_size=32, max_latency_ms=10_000, max_params=50_000_000,
                 budgets=Budgets(max_candidates=2, epochs=1, train_time_s=30, time_budget=15)).model_dump(mode="json")
-    script = [tool_call("ArchSpec", SPEC_A, role="coder"), tool_call("Critique", CRITIQUE, role="critic"),
+    script = [tool_call("ArchSpec", SPEC_A, role="coder"), tool_call("Critique", CRITIQUE_EDITS, role="critic"),
               tool_call("RoundPlan", {"encoders": ["small_cnn"], "decoders": ["lstm"]}, role="planner"),
-              tool_call("ArchSpec", SPEC_B, role="coder"), tool_call("Critique", CRITIQUE, role="critic")]
+              tool_call("Critique", CRITIQUE, role="critic")]
 
     with ScriptedLLMServer(script) as llm, _langgraph_dev(tree, _free_port(), _server_env(home, key), log) as url:
         client = get_sync_client(url=url)
