@@ -9,8 +9,6 @@ import json
 import os
 import re
 import secrets
-import socket
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +21,7 @@ from capnas.graph.context import Context
 from capnas.graph.journal import Journal
 from capnas.tools.task import Task
 from llm_server import ScriptedLLMServer, answer, tool_call
+from loopback import LoopbackServer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -96,31 +95,6 @@ def test_the_coder_tries_checks_fixes_and_submits_without_a_repair_round(tmp_pat
     view = page[page.index('id="cand-tools-r000"'):]
     assert re.search(r"coder's tool calls: run_snippet <small>ok \d+\.\d s</small> → check_contract "
                      r"<small>IMP-001 0\.0 s</small> → submit", view), view[:2000]
-
-
-class LoopbackServer:
-    """A TCP server on 127.0.0.1 that counts the connections it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port, self.accepted, self._stop = self.sock.getsockname()[1], 0, threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
 
 
 def _payload(name: str, *argv: object) -> str:

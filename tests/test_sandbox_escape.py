@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 from capnas.sandbox import Job, Limits, SandboxResult, run_sandboxed
 from capnas.sandbox.tiers import TIER_ENV, SandboxUnavailable, detect_tier
+from loopback import LoopbackServer
 
 ESCAPE = Path(__file__).parent / "escape"
 pytestmark = pytest.mark.timeout(120)
@@ -130,35 +130,6 @@ def test_03_cannot_find_the_key_in_other_processes_environ(tier: str, tmp_path: 
 
 
 # 4, 5 ------------------------------------------------------------------------------------------------------
-class LoopbackServer:
-    """A TCP server on 127.0.0.1 that counts the connections it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
 @pytest.mark.parametrize("payload", ["network.py", "network_ctypes.py"])
 def test_04_05_no_network_not_even_loopback(tier: str, tmp_path: Path, payload: str) -> None:
     expect(tier, payload)
