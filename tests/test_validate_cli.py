@@ -28,6 +28,16 @@ def app() -> typer.Typer:
     return app
 
 
+def _needs_sandbox() -> None:
+    from capnas.sandbox import detect_tier
+    from capnas.sandbox.tiers import SandboxUnavailable, require_runnable
+
+    try:
+        require_runnable(detect_tier())
+    except SandboxUnavailable as e:
+        pytest.skip(f"no sandbox on this host: {e}")
+
+
 def invoke(app: typer.Typer, *args: str):
     return runner.invoke(app, ["validate", *args], env={"COLUMNS": "200", "OMP_NUM_THREADS": "1"})
 
@@ -92,13 +102,7 @@ def test_dataset_is_required(app: typer.Typer) -> None:
 
 @pytest.mark.slow
 def test_valid_model_exit_0_through_the_sandbox(app: typer.Typer) -> None:
-    from capnas.sandbox import detect_tier
-    from capnas.sandbox.tiers import SandboxUnavailable, require_runnable
-
-    try:
-        require_runnable(detect_tier())
-    except SandboxUnavailable as e:
-        pytest.skip(f"no sandbox on this host: {e}")
+    _needs_sandbox()
     result = invoke(app, str(FIXTURES / "valid" / "cnn_lstm.py"), "--dataset", "shapes:20", "--image-size", "32",
                     "--max-len", "12", "--json")
     assert result.exit_code == 0, result.output
@@ -114,13 +118,7 @@ def test_a_probe_budget_below_zero_is_refused_before_anything_runs(app: typer.Ty
 @pytest.mark.slow
 def test_the_probe_budget_flag_reaches_the_sandboxed_probe(app: typer.Typer) -> None:
     """`--max-probe-s` (LEMUR-sized models need minutes) is the budget the probe is held to: 10 ms is exceeded."""
-    from capnas.sandbox import detect_tier
-    from capnas.sandbox.tiers import SandboxUnavailable, require_runnable
-
-    try:
-        require_runnable(detect_tier())
-    except SandboxUnavailable as e:
-        pytest.skip(f"no sandbox on this host: {e}")
+    _needs_sandbox()
     result = invoke(app, str(FIXTURES / "valid" / "cnn_lstm.py"), "--dataset", "shapes:20", "--image-size", "32",
                     "--max-len", "12", "--max-latency-ms", "100000", "--max-probe-s", "0.01", "--json")
     assert result.exit_code == 1, result.output
