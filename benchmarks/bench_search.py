@@ -8,6 +8,13 @@ training seconds per candidate; a time budget meant not to bind). Arms:
 - `spec-0.5b`, `spec-1.5b`: `--generation spec` with the embedded Qwen2.5-Coder 0.5B / 1.5B model;
 - `code`: `--generation code` with the OpenAI-compatible endpoint of `--llm-base-url`/`--llm-model`.
 
+A guided arm names the parts of the search it uses (#18), e.g. `spec-1.5b+edits+inherit`; every part it does not
+name is switched off, so `spec-1.5b` alone is the plain guided search and `spec-1.5b+all` has all four:
+`edits` (typed critic edits, applied), `mutation` (a seeded mutation when the LLM gives nothing new), `inherit`
+(a child starts from its parent's weights) and `promote` (the `--rungs`/`--promote` schedule: every candidate
+trains the first rung, the best go on from their checkpoint; `--train-time-s` is then per rung). `random+promote`
+is random search under the same schedule.
+
 All runs of a benchmark share one workspace (`WORKDIR/workspace`), with run ids `<arm>-s<seed>`. Each finished
 run leaves its result file `WORKDIR/<arm>-s<seed>.json`: the `capnas run --json` summary, the best-so-far curve
 from `capnas compare RUN RUN --json` (`progress`), the exact command, start and end time, load average before
@@ -20,6 +27,8 @@ table and the plot from the result files alone.
     .venv/bin/python benchmarks/bench_search.py --recipe flickr8k --arms random --seeds 0 1 2     # one arm ...
     .venv/bin/python benchmarks/bench_search.py --recipe flickr8k --arms spec-0.5b --seeds 0 1 2  # ... then the next
     .venv/bin/python benchmarks/bench_search.py --recipe flickr8k --table-only                    # the table of all
+    .venv/bin/python benchmarks/bench_search.py --recipe shapes --arms random,random+promote,spec-0.5b+all,\\
+        spec-0.5b+edits,spec-0.5b+mutation,spec-0.5b+promote,spec-0.5b+inherit --seeds 0 1 2   # each part alone
     .venv/bin/python benchmarks/bench_search.py --recipe flickr8k --device cuda --candidates 12 --epochs 10 \\
         --train-time-s 300 --workdir .capnas/bench-search-flickr8k-gpu                            # on a GPU
 
@@ -69,18 +78,23 @@ RESULT_VERSION = 1
 WORKSPACE = "workspace"
 EMBEDDED = {"spec-0.5b": "qwen2.5-coder-0.5b", "spec-1.5b": "qwen2.5-coder-1.5b"}
 ARMS = ("random", *EMBEDDED, "code")
+# The parts of the search an arm may switch on (`spec-1.5b+edits+inherit`, `+all`; #18), with the capnas switch of
+# each; `promote` is the benchmark's `--rungs`/`--promote` schedule instead of one fixed budget per candidate.
+SWITCHES = {"edits": "critic-edits", "mutation": "mutation", "inherit": "inherit-weights"}
+PARTS = ("edits", "mutation", "promote", "inherit")
 FLICKR8K_FAMILIES = "efficientnet_lite0,lstm,gru,transformer"
 
 # Defaults per recipe: every key is also a flag (--candidates, --epochs, ...), which overrides it.
 RECIPES: dict[str, dict[str, Any]] = {
     "shapes": dict(dataset="shapes:3000", candidates=4, epochs=2, train_time_s=30.0, time_budget=30.0,
                    concurrency=2, image_size=None, max_len=None, min_count=None, families=None, max_params=None,
-                   frozen_encoders=False, arms="random,spec-0.5b"),
+                   frozen_encoders=False, rungs=[1, 2], promote=0.5, arms="random,spec-0.5b"),
     "flickr8k": dict(dataset=None, candidates=6, epochs=2, train_time_s=240.0, time_budget=90.0,
                      concurrency=2, image_size=224, max_len=20, min_count=5, families=FLICKR8K_FAMILIES,
                      # the frozen backbone and a 2,538-word output layer alone are 4.3M parameters: under capnas's
                      # default 5M only 15% of random draws fit, under 12M 72% (bench_recipe.py's measurement)
-                     max_params=12_000_000, frozen_encoders=True, arms="random,spec-0.5b,spec-1.5b"),
+                     max_params=12_000_000, frozen_encoders=True, rungs=[1, 2], promote=0.5,
+                     arms="random,spec-0.5b,spec-1.5b"),
 }
 
 # What one table row shows: (key, heading, decimals).
@@ -109,21 +123,44 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
             "train_time_s": args.train_time_s, "time_budget": args.time_budget, "concurrency": args.concurrency,
             "threads": args.threads, "device": args.device, "image_size": args.image_size, "max_len": args.max_len,
             "min_count": args.min_count, "families": args.families, "frozen_encoders": args.frozen_encoders,
-            **({"max_params": args.max_params} if args.max_params is not None else {})}
+            **({"max_params": args.max_params} if args.max_params is not None else {}),
+            "rungs": args.rungs, "promote": args.promote}  # the schedule of the +promote arms (every arm records it)
+
+
+def arm_parts(arm: str) -> tuple[str, tuple[str, ...]]:
+    """`spec-1.5b+edits+promote` -> ("spec-1.5b", ("edits", "promote")); `+all` is every part of the search."""
+    base, *parts = arm.split("+")
+    if base not in ARMS:
+        raise SystemExit(f"bench_search: unknown arm {arm!r} (use {', '.join(ARMS)}, each optionally with "
+                         f"+{'+'.join(PARTS)} or +all)")
+    parts = list(PARTS) if parts == ["all"] else parts
+    if unknown := [x for x in parts if x not in PARTS]:
+        raise SystemExit(f"bench_search: arm {arm!r}: unknown part {', '.join(unknown)} (use {', '.join(PARTS)} "
+                         "or all)")
+    if base == "random" and set(parts) - {"promote"}:
+        raise SystemExit(f"bench_search: arm {arm!r}: random search has no critic and no parents; of the parts "
+                         "only +promote applies to it")
+    return base, tuple(p for p in PARTS if p in parts)
 
 
 def arm_flags(arm: str, args: argparse.Namespace) -> list[str]:
-    """The `capnas run` flags that make an arm what it is (and nothing else differs between arms)."""
-    if arm == "random":
-        return ["--generation", "random"]
-    if arm in EMBEDDED:
-        return ["--generation", "spec", "--embedded-model", EMBEDDED[arm]]
-    if arm == "code":
-        if not args.llm_base_url or not args.llm_model:
-            raise SystemExit("bench_search: the code arm needs --llm-base-url and --llm-model")
-        flags = ["--generation", "code", "--llm-base-url", args.llm_base_url, "--llm-model", args.llm_model]
-        return flags + (["--llm-api-key-env", args.llm_api_key_env] if args.llm_api_key_env else [])
-    raise SystemExit(f"bench_search: unknown arm {arm!r} (use {', '.join(ARMS)})")
+    """The `capnas run` flags that make an arm what it is (and nothing else differs between arms). A guided arm
+    names every part of the search it uses (#18); the rest are switched off, so `spec-1.5b` alone is the plain
+    guided search (one fixed budget per candidate, free-text feedback, re-asks on a duplicate)."""
+    base, parts = arm_parts(arm)
+    if "promote" in parts and not args.rungs:
+        raise SystemExit(f"bench_search: arm {arm!r} promotes, but the benchmark has no rungs (pass --rungs 1,3)")
+    flags = ["--rungs", ",".join(map(str, args.rungs)), "--promote", f"{args.promote:g}"] if "promote" in parts else []
+    if base == "random":
+        return ["--generation", "random", *flags]
+    flags += [f"--{'' if part in parts else 'no-'}{flag}" for part, flag in SWITCHES.items()]
+    if base in EMBEDDED:
+        return ["--generation", "spec", "--embedded-model", EMBEDDED[base], *flags]
+    if not args.llm_base_url or not args.llm_model:
+        raise SystemExit("bench_search: the code arm needs --llm-base-url and --llm-model")
+    flags += ["--llm-base-url", args.llm_base_url, "--llm-model", args.llm_model]
+    return ["--generation", "code", *flags] + (["--llm-api-key-env", args.llm_api_key_env]
+                                               if args.llm_api_key_env else [])
 
 
 def capnas_cmd() -> list[str]:
@@ -251,7 +288,11 @@ def load_results(workdir: Path, arms: Iterable[str] | None = None,
         if not m or (arms is not None and m["arm"] not in arms) or (seeds is not None and int(m["seed"]) not in seeds):
             continue
         out.setdefault(m["arm"], {})[int(m["seed"])] = json.loads(path.read_text())
-    order = arms if arms is not None else sorted(out, key=lambda a: (a != "random", ARMS.index(a) if a in ARMS else 99, a))
+    def rank(arm: str) -> tuple:
+        base, parts = arm_parts(arm) if arm.split("+")[0] in ARMS else (arm, ())
+        return ARMS.index(base) if base in ARMS else 99, len(parts), arm
+
+    order = arms if arms is not None else sorted(out, key=rank)
     return {a: dict(sorted(out[a].items())) for a in order if a in out}
 
 
@@ -327,17 +368,19 @@ def table(results: dict[str, dict[int, dict[str, Any]]]) -> str:
             v, s = values(r), r.get("summary") or {}
             lines.append(f"| {arm} | {seed} | {' | '.join(fmt(v[k], d) for k, _, d in METRICS)} | "
                          f"{s.get('candidates', 'n/a')} | {s.get('stop_reason') or s.get('status', '')} |")
-    base = results.get("random")
-    guided = [a for a in results if a != "random"]
-    if base and guided:
+    pairs = [(arm, base) for arm in results if arm_parts(arm)[0] != "random"
+             for base in ("random", "random+promote") if base in results
+             and (base == "random" or "promote" in arm_parts(arm)[1])]  # the same schedule's random arm too
+    if pairs:
         lines += ["", "| guided − random, paired by seed | per seed | mean ± sd | mean test CIDEr guided / random |",
                   "|---|---|---:|---:|"]
-        for arm in guided:
+        for arm, base in pairs:
             for key, name in (("test_cider", "test CIDEr"), ("best_val_cider", "best val CIDEr")):
-                d = paired(results[arm], base, key)
+                d = paired(results[arm], results[base], key)
                 per_seed = ", ".join(f"s{s}: {x:+.3f}" for s, x in d.items()) or "no pairs"
-                ratio = ratio_of_means(results[arm], base, "test_cider") if key == "test_cider" else None
-                lines.append(f"| {arm} {name} | {per_seed} | {fmt_mean_sd(list(d.values()), 3)} | "
+                ratio = ratio_of_means(results[arm], results[base], "test_cider") if key == "test_cider" else None
+                label = arm if base == "random" else f"{arm} − {base}"
+                lines.append(f"| {label} {name} | {per_seed} | {fmt_mean_sd(list(d.values()), 3)} | "
                              f"{fmt(ratio, 2) + 'x' if ratio is not None else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -355,8 +398,10 @@ def context_lines(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     b = all_r[0].get("budget") or {}
     out = [f"runs from {starts[0]} to {ends[-1]}; {', '.join(map(str, cores))} cores; 1-min load average "
            f"{min(loads):.1f}-{max(loads):.1f} at the runs' starts and ends" if loads else ""]
+    schedule = (f"; +promote arms: rungs {','.join(map(str, b['rungs']))} epochs, promote {b.get('promote')}, "
+                "that many seconds per rung") if b.get("rungs") else ""
     out.append(f"budget per run: {b.get('candidates')} candidates (min = max), {b.get('epochs')} epochs and "
-               f"{b.get('train_time_s')} s of training each, time budget {b.get('time_budget')} min, concurrency "
+               f"{b.get('train_time_s')} s of training each{schedule}, time budget {b.get('time_budget')} min, concurrency "
                f"{b.get('concurrency')}, threads {b.get('threads')}, device {b.get('device')}, data {b.get('dataset')}")
     return [line for line in out if line] + budget_notes(results)
 
@@ -481,16 +526,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-count", type=int, default=None)
     p.add_argument("--families", default=None, help="comma-separated families every arm searches")
     p.add_argument("--max-params", type=int, default=None, help="parameter budget per model (frozen ones count)")
+    p.add_argument("--rungs", default=None, help="epochs at each rung for the +promote arms, e.g. 1,2 (default: "
+                   "the recipe's); --train-time-s is then the training seconds per rung")
+    p.add_argument("--promote", type=float, default=None, help="fraction promoted at each rung (+promote arms)")
     p.add_argument("--llm-base-url", default=None, help="the code arm's OpenAI-compatible endpoint")
     p.add_argument("--llm-model", default=None, help="the code arm's model name at that endpoint")
     p.add_argument("--llm-api-key-env", default=None, help="environment variable holding the endpoint's key")
     args = p.parse_args(argv)
     recipe = RECIPES[args.recipe]
     for key in ("candidates", "epochs", "train_time_s", "time_budget", "concurrency", "image_size", "max_len",
-                "min_count", "families", "max_params"):
+                "min_count", "families", "max_params", "rungs", "promote"):
         if getattr(args, key) is None:
             setattr(args, key, recipe[key])
     args.frozen_encoders = recipe["frozen_encoders"]
+    if isinstance(args.rungs, str):
+        args.rungs = [int(x) for x in args.rungs.split(",") if x.strip()]
     if args.dataset is None:
         args.dataset = recipe["dataset"] or flickr8k_json()
     if args.threads is None and args.device == "cpu":

@@ -150,6 +150,35 @@ def test_every_arm_gets_the_same_budget_flags(tmp_path: Path):
         bench.arm_flags("spec-7b", bench.parse_args([]))
 
 
+def test_an_arm_names_the_parts_of_the_search_it_uses_and_switches_off_the_rest(tmp_path: Path):
+    args = bench.parse_args(["--recipe", "shapes", "--rungs", "1,3", "--promote", "0.25"])
+    flags = {arm: bench.arm_flags(arm, args) for arm in ("random", "random+promote", "spec-0.5b", "spec-0.5b+all",
+                                                         "spec-1.5b+edits+inherit")}
+    switches = ("critic-edits", "mutation", "inherit-weights")
+    assert [f for f in flags["spec-0.5b"] if f.startswith("--")] == [
+        "--generation", "--embedded-model", *(f"--no-{s}" for s in switches)]  # the plain guided search
+    assert all(f"--{s}" in flags["spec-0.5b+all"] for s in switches)
+    for arm in ("random+promote", "spec-0.5b+all"):
+        f = flags[arm]
+        assert f[f.index("--rungs") + 1] == "1,3" and f[f.index("--promote") + 1] == "0.25"
+    assert "--rungs" not in flags["random"] and "--rungs" not in flags["spec-1.5b+edits+inherit"]
+    assert {"--critic-edits", "--no-mutation", "--inherit-weights"} <= set(flags["spec-1.5b+edits+inherit"])
+    # the budget every arm records names the schedule, so a table of part arms shares one budget
+    assert bench.budget_of(args)["rungs"] == [1, 3] and bench.budget_of(args)["promote"] == 0.25
+    for bad, says in (("random+edits", "only \\+promote applies"), ("spec-0.5b+speed", "unknown part speed"),
+                      ("spec-9b+all", "unknown arm")):
+        with pytest.raises(SystemExit, match=says):
+            bench.arm_flags(bad, args)
+    with pytest.raises(SystemExit, match="no rungs"):
+        bench.arm_flags("random+promote", bench.parse_args(["--rungs", ""]))
+    # the table pairs a promoted guided arm with random search under the same schedule, too
+    results = {arm: {0: {"summary": {"best": {"metrics": {"cider": v}, "test_metrics": {"cider": v}}}}}
+               for arm, v in (("random", 0.5), ("random+promote", 0.8), ("spec-0.5b+all", 1.0))}
+    text = bench.table(results)
+    assert "| spec-0.5b+all test CIDEr | s0: +0.500 |" in text and "2.00x" in text
+    assert "| spec-0.5b+all − random+promote test CIDEr | s0: +0.200 |" in text and "1.25x" in text
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_random_arm_on_shapes_end_to_end(tmp_path: Path, cache_root: Path):
