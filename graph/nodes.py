@@ -377,7 +377,8 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
     epochs = budgets.rungs[0] if budgets.rungs else min(spec.epochs, budgets.epochs) if spec else budgets.epochs
     parent = _existing(svc, cand.parent_id) if runtime.context.inherit_weights and cand.parent_id else None
     inherit = parent_weights(parent) if parent is not None else None
-    outcome = train_job(svc, runtime, cand, state["started_at"], epochs=epochs, inherit=inherit)
+    outcome = train_job(svc, runtime, cand, state["started_at"], epochs=epochs, threads=svc.threads,
+                        inherit=inherit)
     # A job killed from outside while this run lives (a person, the OOM killer, a lost Ray worker) is one failed
     # candidate: the run goes on. (When the run itself dies, nothing is recorded and a resume continues the job.)
     status = "trained" if outcome.ok else "failed"
@@ -400,10 +401,11 @@ def trainer_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, 
 
 
 def train_job(svc: RunServices, runtime: Runtime[Context], cand: Candidate, started_at: float, *, epochs: int,
-              inherit: Path | None = None, spent_s: float = 0.0):
+              threads: int | None, inherit: Path | None = None, spent_s: float = 0.0):
     """One sandboxed training job for a candidate, holding its slot: its first rung (or all its epochs), or a
     promotion to the next rung (`spent_s`: training seconds its earlier rungs spent, which count against the
-    job's time budget). Each call may train `train_time_s` more seconds, never past the run's time budget."""
+    job's time budget). Each call may train `train_time_s` more seconds, never past the run's time budget.
+    `threads`: torch threads (and so cores held), the run's share per job unless the job may take more."""
     from capnas.tools.jobs.training import train_candidate
 
     cid, budgets, ctx = cand.candidate_id, _budgets(svc), runtime.context
@@ -412,17 +414,17 @@ def train_job(svc: RunServices, runtime: Runtime[Context], cand: Candidate, star
     hparams = spec.prm() if spec else {}
     batch_size = spec.batch_size if spec else 32
     train_time_s = spent_s + max(10.0, min(budgets.train_time_s, remaining_s))
-    with svc.slots.job(ctx.device, svc.threads, estimate_gpu_mb(cand.params, batch_size)) as device:
+    with svc.slots.job(ctx.device, threads, estimate_gpu_mb(cand.params, batch_size)) as device:
         _emit(runtime, "candidate", candidate_id=cid, status="training")
         features = _stored_features(svc, runtime, spec, device, cid)
         svc.journal.log_event(svc.run_id, "train_call", {"remaining_s": round(remaining_s, 1),
                                                          "train_time_s": round(train_time_s, 1), "device": device,
-                                                         "threads": svc.threads, "features": features,
+                                                         "threads": threads, "features": features,
                                                          "epochs": epochs}, cid)
         return train_candidate(
             cand.code, svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
             epochs=epochs, batch_size=batch_size, train_time_s=train_time_s,
-            device=device, threads=svc.threads, evaluator=svc.evaluator, runner=svc.runner,
+            device=device, threads=threads, evaluator=svc.evaluator, runner=svc.runner,
             on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
             features=features, inherit=inherit, keep_checkpoint=bool(budgets.rungs),
         )

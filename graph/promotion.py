@@ -19,6 +19,7 @@ from capnas.graph.context import Context
 from capnas.graph.journal import Candidate, fidelity_record
 from capnas.graph.nodes import _budgets, _emit, _svc, train_job
 from capnas.graph.state import RunState
+from capnas.tools.jobs.slots import job_threads
 
 
 def promotions(cands: list[Candidate], rungs: list[int], promote: float, objective: str) -> list[tuple[str, int]]:
@@ -52,16 +53,20 @@ def promoter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         due = promotions(svc.journal.candidates(svc.run_id), budgets.rungs, budgets.promote, svc.task.objective)
         if not due:
             break
+        # Fewer promotions than the run's concurrency share its cores (unless the run fixed `threads`): a lone
+        # promotion on a CPU would otherwise leave the cores of the jobs that are not there idle.
+        ctx = runtime.context
+        threads = svc.threads if ctx.threads is not None else job_threads(None, min(len(due), ctx.concurrency))
         # Each in a copy of this node's context: LangGraph's stream writer finds its run through context variables.
-        with ThreadPoolExecutor(max_workers=runtime.context.concurrency, thread_name_prefix="capnas-promote") as pool:
-            jobs = [pool.submit(contextvars.copy_context().run, _promote, svc, runtime, state, cid, rung)
+        with ThreadPoolExecutor(max_workers=ctx.concurrency, thread_name_prefix="capnas-promote") as pool:
+            jobs = [pool.submit(contextvars.copy_context().run, _promote, svc, runtime, state, cid, rung, threads)
                     for cid, rung in due]
             for job in jobs:
                 job.result()
     return {}
 
 
-def _promote(svc, runtime: Runtime[Context], state: RunState, cid: str, rung: int) -> None:
+def _promote(svc, runtime: Runtime[Context], state: RunState, cid: str, rung: int, threads: int | None) -> None:
     """Train one candidate on to `rung` and record what it reached. One that ends by anything but its epochs (an
     early stop, the time budget, a failure in the harness) keeps its best epoch's scores and goes no further."""
     from capnas.tools.jobs.training import INHERIT_FILE, reopen
@@ -74,7 +79,7 @@ def _promote(svc, runtime: Runtime[Context], state: RunState, cid: str, rung: in
     _emit(runtime, "promote", candidate_id=cid, rung=rung, epochs=epochs)
     inherited = svc.artifacts_dir(cid) / INHERIT_FILE  # the job's spec records whether it inherited
     outcome = train_job(svc, runtime, cand, state["started_at"], epochs=epochs,
-                        inherit=inherited if inherited.exists() else None,
+                        inherit=inherited if inherited.exists() else None, threads=threads,
                         spent_s=sum(p["train_s"] + p.get("gen_s", 0.0) for p in cand.curve))
     if outcome.finished and outcome.best_epoch is not None:  # its stored result names the best epoch's weights
         scores = cand.fidelity["scores"] + [{"rung": rung, "epochs": epochs, "metrics": outcome.metrics}]
