@@ -37,6 +37,10 @@ Recipes (every budget is a flag; the recipe only sets the defaults):
 - `shapes`: the synthetic `shapes:3000` with `capnas run`'s defaults (all families, 32 px), shortened: 4
   candidates, 2 epochs and at most 30 s of training each, 2 at once, one thread per job (one arm-seed takes a
   few minutes on 2 cores).
+- `shapes-epochs`: `shapes:1000` bounded by epochs, not by the clock (at most 600 s of training each, which no
+  candidate reaches), so its numbers do not depend on the machine's load: 4 candidates of 2 epochs each, or with
+  `+promote` rungs 1,3 and promote 0.5 (every candidate 1 epoch, the best half on to 3: about the same 8 epochs
+  per run). For the #18 rows: each part alone and all four against random and random with promotion.
 - `flickr8k`: `$CAPNAS_FLICKR8K` (a folder holding `dataset_flickr8k.json`, or the json itself), else
   `../shared/datasets/flickr8k/dataset_flickr8k.json`; `--frozen-encoders --families
   efficientnet_lite0,lstm,gru,transformer --image-size 224 --min-count 5 --max-len 20 --max-params 12000000` (the
@@ -89,6 +93,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "shapes": dict(dataset="shapes:3000", candidates=4, epochs=2, train_time_s=30.0, time_budget=30.0,
                    concurrency=2, image_size=None, max_len=None, min_count=None, families=None, max_params=None,
                    frozen_encoders=False, rungs=[1, 2], promote=0.5, arms="random,spec-0.5b"),
+    "shapes-epochs": dict(dataset="shapes:1000", candidates=4, epochs=2, train_time_s=600.0, time_budget=60.0,
+                          concurrency=2, image_size=None, max_len=None, min_count=None, families=None,
+                          max_params=None, frozen_encoders=False, rungs=[1, 3], promote=0.5,
+                          arms="random,random+promote,spec-0.5b,spec-0.5b+all"),
     "flickr8k": dict(dataset=None, candidates=6, epochs=2, train_time_s=240.0, time_budget=90.0,
                      concurrency=2, image_size=224, max_len=20, min_count=5, families=FLICKR8K_FAMILIES,
                      # the frozen backbone and a 2,538-word output layer alone are 4.3M parameters: under capnas's
