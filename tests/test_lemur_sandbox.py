@@ -5,7 +5,8 @@ shapes data and printing the evaluator's metrics beside each refusal.
 The corpus is the 13 captioning files of the nn-dataset 2.1.2 wheel (tests/lemur_corpus.py fetches it). All
 ten that import pass validation. The five heaviest (12M-17M parameters, Transformer decoders that run their
 own 20-step greedy or 50-step beam search per image: 1-1.5 min each on a 2-core box) are validated only with
-CAPNAS_LEMUR_CORPUS=all; CI validates the other five."""
+CAPNAS_LEMUR_CORPUS=all; CI validates the other five (the two `lemur score` trains, LSTM_A and
+LSTM_B, in that test: it scores only a file that passed validation)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ HEAVY = {
     "C5C-ResNetTransformer-2a01510b5bf49095cb6befe6098baa74.py",
 }
 IMPORTABLE = sorted(name for name, refusal in EXPECTED_IMPORT.items() if refusal is None)
+# LSTM_A and LSTM_B are validated under LEMUR_BUDGETS (and their parameters counted) by `lemur score` below,
+# which scores only a file that passed: a second sandboxed validation of each here would prove it again.
+VALIDATED_BY_SCORE = {LSTM_A, LSTM_B}
 
 
-@pytest.mark.parametrize("name", IMPORTABLE)
+@pytest.mark.parametrize("name", [name for name in IMPORTABLE if name not in VALIDATED_BY_SCORE])
 def test_every_importable_corpus_file_passes_validation_in_the_sandbox(lemur_corpus: Path, name: str) -> None:
     if name in HEAVY and os.environ.get("CAPNAS_LEMUR_CORPUS") != "all":
         pytest.skip("a heavy LEMUR file: set CAPNAS_LEMUR_CORPUS=all to validate it")

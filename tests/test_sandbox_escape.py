@@ -13,7 +13,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path
