@@ -20,7 +20,7 @@ from llm_server import ScriptedLLMServer, tool_call
 pytestmark = pytest.mark.slow
 
 FAMILIES = ["small_cnn", "lstm"]  # one pair: every round is the coder's SPEC_A families
-SETTINGS = {"dataset": "shapes:200", "image_size": 32, "epochs": 1, "train_time_s": 20, "time_budget": 30,
+SETTINGS = {"dataset": "shapes:60", "image_size": 32, "epochs": 1, "train_time_s": 20, "time_budget": 30,
             "threads": 1, "max_latency_ms": 10_000, "concurrency": 1, "max_candidates": 4, "min_candidates": 4,
             "max_params": 50_000_000, "families": FAMILIES, "generation": "spec", "seed": 3}
 SPEC_A = {"encoder": {"name": "small_cnn", "width": 16, "depth": 3, "grid": 4},
