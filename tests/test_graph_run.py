@@ -22,7 +22,7 @@ from llm_server import ScriptedLLMServer, answer, hang, http_error, tool_call
 pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
-DATASET = "shapes:200"
+DATASET = "shapes:60"  # 48 train, 6 val images: what these runs assert holds at any size, and an epoch is quick
 # Small and quick: 32 px images, one or two short epochs per candidate.
 BASE = {"dataset": DATASET, "image_size": 32, "epochs": 2, "train_time_s": 30, "time_budget": 60,
         "threads": 1, "max_latency_ms": 10_000,  # latency is not under test, and this machine is shared
@@ -138,7 +138,9 @@ def test_killed_at_random_points_resume_always_completes(tmp_path: Path) -> None
     again."""
     workspace, run_id, rng = tmp_path / "ws", "killed-run", random.Random(7)
     # Two candidates per round: kills land inside concurrent branches of the candidate subgraph too.
-    config = _config(tmp_path, generation="random", max_candidates=3, epochs=2, train_time_s=20, concurrency=2)
+    # shapes:200 (not the quicker DATASET): the run must outlast ten kills of 2-12 s each
+    config = _config(tmp_path, generation="random", max_candidates=3, epochs=2, train_time_s=20, concurrency=2,
+                     dataset="shapes:200")
     trained_at_kill: list[tuple[float, set[str]]] = []
     kills = 0
     while kills < 10:

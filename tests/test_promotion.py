@@ -131,7 +131,7 @@ def test_a_run_killed_in_a_promotion_resumes_it_without_training_an_epoch_twice(
     config = tmp_path / "run.yaml"
     # Two random candidates in one round, both train rung 0 (1 epoch); the better one is promoted to rung 1.
     config.write_text(yaml.safe_dump({
-        "dataset": "shapes:200", "image_size": 32, "generation": "random", "max_candidates": 2, "concurrency": 2,
+        "dataset": "shapes:60", "image_size": 32, "generation": "random", "max_candidates": 2, "concurrency": 2,
         "families": ["small_cnn", "gru", "lstm"],  # small and quick: both draws are valid under the default budgets
         "rungs": [1, 2], "promote": 0.5, "train_time_s": 30, "time_budget": 30, "threads": 1,
         "max_latency_ms": 10_000, "run_dir": str(workspace)}))
