@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,embedded,ray,langgraph]'
 	touch $@
 
+# The demo's schedule (successive halving, #18): four candidates train one epoch each, the best one goes on from
+# its checkpoint to three; 240 s per rung leaves a full epoch of shapes:3000 room on a busy 2-core machine.
+DEMO_ARGS ?= --max-candidates 4 --min-candidates 4 --rungs 1,3 --promote 0.25 --train-time-s 240
+
 demo: setup
 	$(VENV)/bin/capnas run $(DEMO_ARGS)
 
