@@ -423,7 +423,7 @@ def train_job(svc: RunServices, runtime: Runtime[Context], cand: Candidate, star
                                                          "epochs": epochs}, cid)
         return train_candidate(
             cand.code, svc.prepared, svc.dataset, svc.artifacts_dir(cid), hparams=hparams,
-            epochs=epochs, batch_size=batch_size, train_time_s=train_time_s,
+            epochs=epochs, batch_size=batch_size, train_time_s=train_time_s, seed=ctx.seed,
             device=device, threads=threads, evaluator=svc.evaluator, runner=svc.runner,
             on_event=lambda e, emit=_emitter(runtime, "train", candidate_id=cid): emit(_train_fields(e)),
             features=features, inherit=inherit, keep_checkpoint=bool(budgets.rungs),
