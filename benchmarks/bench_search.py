@@ -508,6 +508,14 @@ def write_outputs(results: dict[str, dict[int, dict[str, Any]]], workdir: Path) 
 
 
 # -- the command ------------------------------------------------------------------------------------------
+def rung_list(text: str) -> list[int]:
+    """`1,3` -> [1, 3] (empty: no rungs); anything else is a one-line argparse error."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of epochs: write e.g. 1,3") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="shapes")
@@ -534,7 +542,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-count", type=int, default=None)
     p.add_argument("--families", default=None, help="comma-separated families every arm searches")
     p.add_argument("--max-params", type=int, default=None, help="parameter budget per model (frozen ones count)")
-    p.add_argument("--rungs", default=None, help="epochs at each rung for the +promote arms, e.g. 1,2 (default: "
+    p.add_argument("--rungs", type=rung_list, default=None, help="epochs at each rung for the +promote arms, e.g. 1,2 (default: "
                    "the recipe's); --train-time-s is then the training seconds per rung")
     p.add_argument("--promote", type=float, default=None, help="fraction promoted at each rung (+promote arms)")
     p.add_argument("--llm-base-url", default=None, help="the code arm's OpenAI-compatible endpoint")
@@ -547,8 +555,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, recipe[key])
     args.frozen_encoders = recipe["frozen_encoders"]
-    if isinstance(args.rungs, str):
-        args.rungs = [int(x) for x in args.rungs.split(",") if x.strip()]
     if args.dataset is None:
         args.dataset = recipe["dataset"] or flickr8k_json()
     if args.threads is None and args.device == "cpu":

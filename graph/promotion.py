@@ -56,7 +56,7 @@ def promoter_node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         # Fewer promotions than the run's concurrency share its cores (unless the run fixed `threads`): a lone
         # promotion on a CPU would otherwise leave the cores of the jobs that are not there idle.
         ctx = runtime.context
-        threads = svc.threads if ctx.threads is not None else job_threads(None, min(len(due), ctx.concurrency))
+        threads = job_threads(ctx.threads, min(len(due), ctx.concurrency))
         # Each in a copy of this node's context: LangGraph's stream writer finds its run through context variables.
         with ThreadPoolExecutor(max_workers=ctx.concurrency, thread_name_prefix="capnas-promote") as pool:
             jobs = [pool.submit(contextvars.copy_context().run, _promote, svc, runtime, state, cid, rung, threads)
