@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 
-def build_chat_model(config: LLMConfig, role: Role, ledger: UsageLedger | None = None) -> ChatOpenAI:
+def build_chat_model(
+    config: LLMConfig, role: Role, ledger: UsageLedger | None = None, *, seed: int | None = None
+) -> ChatOpenAI:
     """A `ChatOpenAI` for one role: capped output, client-side retries and timeout, and (with a ledger)
-    a budget check before and usage accounting after every call."""
+    a budget check before and usage accounting after every call. `seed` (a run's) is sent with every request:
+    llama.cpp, vLLM, Ollama and OpenAI sample from it, so runs that differ only in seed differ in their
+    answers too, and one seed answers the same on the same server."""
     prices = (config.price_in_per_mtok, config.price_out_per_mtok)
     callbacks = [ledger.callback(role, *prices)] if ledger else None
     return ChatOpenAI(
@@ -38,6 +42,7 @@ def build_chat_model(config: LLMConfig, role: Role, ledger: UsageLedger | None =
         base_url=config.base_url,
         api_key=SecretStr(config.resolve_api_key()),
         temperature=config.temperature,
+        seed=seed,
         max_tokens=config.max_output_tokens,
         extra_body={"max_tokens": config.max_output_tokens} if config.send_max_tokens else None,
         timeout=config.timeout_s,
@@ -49,8 +54,10 @@ def build_chat_model(config: LLMConfig, role: Role, ledger: UsageLedger | None =
     )
 
 
-def build_role_models(models: AgentModels, ledger: UsageLedger | None = None) -> dict[Role, ChatOpenAI]:
-    return {role: build_chat_model(models.for_role(role), role, ledger) for role in ROLES}
+def build_role_models(
+    models: AgentModels, ledger: UsageLedger | None = None, *, seed: int | None = None
+) -> dict[Role, ChatOpenAI]:
+    return {role: build_chat_model(models.for_role(role), role, ledger, seed=seed) for role in ROLES}
 
 
 # -- asking -------------------------------------------------------------------------------------

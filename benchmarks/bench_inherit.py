@@ -91,25 +91,50 @@ def main() -> int:
     loads: list[float] = []
 
     def train(name: str, spec, epochs: int, inherit=None):
+        """(result, val CIDEr per epoch), or (None, the reason) when the training or its scoring failed."""
         loads.append(os.getloadavg()[0])
         started = time.monotonic()
-        result = train_candidate(archspec.render(spec), prepared, dataset, root / name, hparams=spec.prm(),
-                                 epochs=epochs, batch_size=spec.batch_size, seed=args.seed, patience=None,
-                                 train_time_s=None, device=args.device, threads=args.threads,
-                                 evaluator=evaluator, features=key, inherit=inherit)
+        try:
+            result = train_candidate(archspec.render(spec), prepared, dataset, root / name, hparams=spec.prm(),
+                                     epochs=epochs, batch_size=spec.batch_size, seed=args.seed, patience=None,
+                                     train_time_s=None, device=args.device, threads=args.threads,
+                                     evaluator=evaluator, features=key, inherit=inherit)
+        except Exception as err:  # e.g. METEOR timing out on a starved machine: this row fails, the others run
+            result, error = None, f"{type(err).__name__}: {err}"
+        else:
+            error = None if result.ok else f"{result.exit_reason}: {result.error}"
         loads.append(os.getloadavg()[0])
-        if not result.ok:
-            raise SystemExit(f"bench_inherit: {name} failed ({result.exit_reason}): {result.error}")
+        if error is not None:
+            print(f"  {name}: FAILED after {time.monotonic() - started:.0f} s ({error.splitlines()[0][:300]})",
+                  flush=True)
+            return None, error
         curve = [p.val_cider if p.val_cider is not None else 0.0 for p in result.curve]
         print(f"  {name}: val CIDEr by epoch {[round(x, 3) for x in curve]}, {time.monotonic() - started:.0f} s"
               + (f", inherited {result.inherited}" if result.inherited else ""), flush=True)
         return result, curve
 
-    rows = []
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    command = shlex.join([".venv/bin/python", "benchmarks/bench_inherit.py", *sys.argv[1:]])
+    rows: list[dict] = []
+    parent_curve: list[float] = []
+
+    def keep() -> None:
+        """The rows so far into --out, after every training, so a crash later loses none of them."""
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"when": stamp, "command": command,
+                                            "parent": parent_spec.model_dump(mode="json"),
+                                            "parent_val_cider": parent_curve, "rows": rows, "load_1min": loads,
+                                            "cores": os.cpu_count(), "device": args.device}, indent=1) + "\n")
+
     with CaptionEvaluator() as evaluator:
         print(f"parent: {parent_spec.describe()}, {args.parent_epochs} epoch(s)", flush=True)
         parent, parent_curve = train("parent", parent_spec, args.parent_epochs)
+        if parent is None:
+            print(f"bench_inherit: the parent failed, so no child can be measured: {parent_curve}", file=sys.stderr)
+            return 1
         target = max(parent_curve)
+        keep()
         for name, edits in CHILDREN:
             child_spec = apply_edits(parent_spec, edits, space)
             changed = ", ".join(f"{f} {a}->{b}" for f, a, b in diff(parent_spec, child_spec))
@@ -117,12 +142,14 @@ def main() -> int:
             for start in ("inherited", "fresh"):
                 result, curve = train(f"{name}-{start}".replace(" ", "_").replace(">", ""), child_spec,
                                       args.child_epochs, parent.best_weights if start == "inherited" else None)
-                rows.append({"child": name, "start": start, "val_cider": curve, "target": target,
-                             "epochs_to_parent": reached(curve, target), "inherited": result.inherited,
-                             "train_s": [p.train_s for p in result.curve], "params": result.params})
+                if result is None:
+                    rows.append({"child": name, "start": start, "error": curve, "target": target})
+                else:
+                    rows.append({"child": name, "start": start, "val_cider": curve, "target": target,
+                                 "epochs_to_parent": reached(curve, target), "inherited": result.inherited,
+                                 "train_s": [p.train_s for p in result.curve], "params": result.params})
+                keep()
 
-    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    command = shlex.join([".venv/bin/python", "benchmarks/bench_inherit.py", *sys.argv[1:]])
     print(f"\ninherited weights, {stamp}, {platform.node()}, {os.cpu_count()} cores, device {args.device}, threads "
           f"{args.threads or 'torch default'}, 1-min load {min(loads):.1f}-{max(loads):.1f}; {dataset.source}: "
           f"{prepared.split_sizes['train']} train / {prepared.split_sizes['val']} val images, frozen EfficientNet-Lite0 "
@@ -132,19 +159,20 @@ def main() -> int:
           f"parent's {target:.3f} |")
     print("|---|---|---|---|---:|")
     for r in rows:
+        start = "parent weights" if r["start"] == "inherited" else "fresh init"
+        if "error" in r:
+            print(f"| {r['child']} | {start} | | failed: {r['error'].splitlines()[0][:120]} | |")
+            continue
         inh = r["inherited"]
         inh_text = f"{inh['tensors']} of {inh['of_tensors']} ({inh['params']:,} of {inh['of_params']:,} params)" \
             if inh else "none"
         got = r["epochs_to_parent"]
-        print(f"| {r['child']} | {'parent weights' if r['start'] == 'inherited' else 'fresh init'} | {inh_text} | "
-              f"{', '.join(f'{x:.3f}' for x in r['val_cider'])} | "
+        print(f"| {r['child']} | {start} | {inh_text} | {', '.join(f'{x:.3f}' for x in r['val_cider'])} | "
               f"{got if got is not None else f'not within {args.child_epochs}'} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"when": stamp, "command": command, "parent": parent_spec.model_dump(mode="json"),
-                                        "parent_val_cider": parent_curve, "rows": rows, "load_1min": loads,
-                                        "cores": os.cpu_count(), "device": args.device}, indent=1) + "\n")
-    return 0
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} trainings failed (above); rerun to measure them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

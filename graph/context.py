@@ -39,7 +39,7 @@ class Context(BaseModel):
                                                                "answer, no tools")
     spec_tools: bool = Field(False, description="give the coder its tools in spec mode too (small local models "
                                                 "cannot drive a tool loop: by default spec mode is one forced call)")
-    seed: int = Field(0, ge=0, description="seed of random generation and training")
+    seed: int = Field(0, ge=0, description="seed of random generation, training and the LLM's sampling")
     confirm_task: bool = Field(False, description="stop after planning so a person confirms the task (chat)")
     concurrency: int = Field(2, ge=1, le=64, description="candidates per round, validated and trained at once")
     executor: Literal["local", "ray"] = Field("local", description="local (sandboxed child processes) or ray "

@@ -56,7 +56,7 @@ class RunServices:
     def models(self) -> dict[str, Any] | None:
         if self.ctx.models is None:
             return None
-        return build_role_models(self.ctx.models, self.ledger)
+        return build_role_models(self.ctx.models, self.ledger, seed=self.ctx.seed)
 
     @cached_property
     def _data(self) -> tuple[CaptionDataset, PreparedDataset]:

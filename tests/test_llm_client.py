@@ -104,6 +104,17 @@ def test_role_overrides_merge_onto_the_default(server: ScriptedLLMServer) -> Non
     assert [(b["model"], b["max_tokens"]) for b in server.requests] == [("big", 4096), ("small", 2048)]
 
 
+def test_a_seed_goes_with_every_request_and_none_sends_none(server: ScriptedLLMServer) -> None:
+    models = AgentModels(default=LLMConfig(model="m", base_url=server.base_url))
+    server.add(answer("a"), answer("b"), answer("c"))
+    seeded = build_role_models(models, seed=7)
+    ask_text(seeded["critic"], PROMPT)
+    ask_text(seeded["coder"], PROMPT)
+    ask_text(build_role_models(models)["critic"], PROMPT)
+    assert [b.get("seed") for b in server.requests] == [7, 7, None]
+    assert "seed" not in server.requests[2]  # a server that knows no seed is sent none
+
+
 def test_bad_role_override_names_the_entry() -> None:
     with pytest.raises(ValueError, match=r"roles\.coder"):
         AgentModels(default=LLMConfig(model="m"), roles={"coder": {"max_output_tokens": -1}})

@@ -62,6 +62,7 @@ def test_edits_apply_exactly_and_nothing_new_becomes_a_journaled_mutation(tmp_pa
         coder_calls = [e for e in server.exchanges if e.role == "coder"]
         last_critique = [e for e in server.exchanges if e.role == "critic"][-1].body["messages"][-1]["content"]
     assert len(coder_calls) == 2  # rounds 0 and 3 only: edits and mutations need no coder, duplicates no re-ask
+    assert {e.body.get("seed") for e in server.exchanges} == {SETTINGS["seed"]}  # every agent samples by the run's seed
 
     journal = Journal(tmp_path / "ws" / "journal.sqlite")
     cands = {x.candidate_id: x for x in journal.candidates("r")}
