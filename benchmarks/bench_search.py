@@ -45,6 +45,9 @@ Recipes (every budget is a flag; the recipe only sets the defaults):
   `../shared/datasets/flickr8k/dataset_flickr8k.json`; `--frozen-encoders --families
   efficientnet_lite0,lstm,gru,transformer --image-size 224 --min-count 5 --max-len 20 --max-params 12000000` (the
   CPU recipe of `bench_recipe.py`); provisional budgets: 6 candidates, 2 epochs, at most 240 s of training each.
+- `flickr8k-epochs`: the same data and flags, bounded by epochs like `shapes-epochs` (at most 3600 s of training
+  per rung, which no candidate reaches): 4 candidates of 2 epochs, or rungs 1,3 with promote 0.5; the #18 rows
+  (random, random+promote, spec-1.5b+all), about two hours per arm for 3 seeds on 2 cores.
 
 Output: a markdown table (per arm, mean ± sd over seeds and the per-seed values of best val CIDEr, test CIDEr and
 BLEU-4 of the val-chosen best, candidates trained, LLM tokens and wall time; per guided arm, the paired per-seed
@@ -103,6 +106,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                      # default 5M only 15% of random draws fit, under 12M 72% (bench_recipe.py's measurement)
                      max_params=12_000_000, frozen_encoders=True, rungs=[1, 2], promote=0.5,
                      arms="random,spec-0.5b,spec-1.5b"),
+    # the #18 rows on real images, bounded by epochs as shapes-epochs is: 8 candidate-epochs per run either way
+    "flickr8k-epochs": dict(dataset=None, candidates=4, epochs=2, train_time_s=3600.0, time_budget=240.0,
+                            concurrency=2, image_size=224, max_len=20, min_count=5, families=FLICKR8K_FAMILIES,
+                            max_params=12_000_000, frozen_encoders=True, rungs=[1, 3], promote=0.5,
+                            arms="random,random+promote,spec-1.5b+all"),
 }
 
 # What one table row shows: (key, heading, decimals).

@@ -150,6 +150,19 @@ def test_every_arm_gets_the_same_budget_flags(tmp_path: Path):
         bench.arm_flags("spec-7b", bench.parse_args([]))
 
 
+@pytest.mark.parametrize("recipe", ["shapes-epochs", "flickr8k-epochs"])
+def test_epoch_bound_recipes_give_both_schedules_the_same_epochs(recipe: str):
+    r = bench.RECIPES[recipe]
+    plain = r["candidates"] * r["epochs"]
+    alive, promoted, reached = r["candidates"], 0, 0
+    for rung in r["rungs"]:  # the promoter's rule: the floor(n * promote) best of a rung go on to the next
+        promoted += alive * (rung - reached)
+        alive, reached = math.floor(alive * r["promote"]), rung
+    assert promoted == plain, f"{recipe}: {promoted} candidate-epochs promoted against {plain} plain"
+    # and no candidate is cut by the clock: its seconds per rung are far above an epoch on 2 cores
+    assert r["train_time_s"] >= 600 and r["time_budget"] * 60 >= 4 * r["train_time_s"] / r["concurrency"]
+
+
 def test_an_arm_names_the_parts_of_the_search_it_uses_and_switches_off_the_rest(tmp_path: Path):
     args = bench.parse_args(["--recipe", "shapes", "--rungs", "1,3", "--promote", "0.25"])
     flags = {arm: bench.arm_flags(arm, args) for arm in ("random", "random+promote", "spec-0.5b", "spec-0.5b+all",
