@@ -23,11 +23,15 @@ from capnas.sandbox.train_loop import Emit, load_candidate, set_threads, to_floa
 
 @torch.no_grad()
 def extract(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, device: str = "cpu") -> dict[str, Any]:
-    """args: splits (default train and val), batch_size 64, threads None. Returns {split: [N, T, D]}."""
+    """args: splits (default train and val), batch_size 64, threads None, channels_last True. Returns
+    {split: [N, T, D]}. Channels-last is the layout oneDNN's CPU convolutions are fastest in (benchmarks/
+    bench_extract.py measures it against the default); the extractor is our own component, so no `.view` in
+    generated code can trip over the layout."""
     t0 = time.perf_counter()
     dev = torch.device(device)
     set_threads(args.get("threads"))
-    encoder = load_candidate(scratch / "candidate.py").build_encoder().to(dev).eval()
+    layout = torch.channels_last if args.get("channels_last", True) else torch.contiguous_format
+    encoder = load_candidate(scratch / "candidate.py").build_encoder().to(dev, memory_format=layout).eval()
     batch_size = int(args.get("batch_size", 64))
     shapes: dict[str, list[int]] = {}
     for split in args.get("splits") or ["train", "val"]:
@@ -35,7 +39,7 @@ def extract(scratch: Path, data_dir: Path, args: dict[str, Any], emit: Emit, dev
         path = scratch / f"{split}.features.npy"
         writer: prepared.RowWriter | None = None
         for i, chunk in enumerate(prepared.image_batches(data_dir, split, batch_size)):
-            tokens = encoder(to_float(chunk, dev)).to(torch.float16).cpu()
+            tokens = encoder(to_float(chunk, dev).contiguous(memory_format=layout)).to(torch.float16).cpu()
             if writer is None:  # the token shape is known once the encoder has run
                 writer = prepared.RowWriter(path, np.float16, (n, *tokens.shape[1:]))
             writer.write(i * batch_size, tokens.numpy())
