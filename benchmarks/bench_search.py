@@ -236,6 +236,18 @@ def run_exists(workspace: Path, rid: str) -> bool:
     return runner.run_exists(workspace, rid)
 
 
+def source_commit() -> str | None:
+    """The commit of the code this benchmark runs (with '+dirty' for uncommitted changes); None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def run_one(arm: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any] | None:
     """Run (or continue) one arm-seed and write its result file; None when the run did not end (see the log)."""
     workspace = workdir / WORKSPACE
@@ -268,6 +280,7 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, workdir: Path) -> dic
         "process_wall_s": round(process_wall_s, 1),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "commit": source_commit(),
         "summary": summary,
         "objective": (compared or {}).get("objective"),
         "progress": ((compared or {}).get("a") or {}).get("progress"),
@@ -412,8 +425,13 @@ def context_lines(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
              if x is not None]
     cores = sorted({(r.get("machine") or {}).get("cores") for r in all_r} - {None})
     b = all_r[0].get("budget") or {}
+    commits = {}  # commit -> its arms, in the order first seen
+    for arm, rs in results.items():
+        for r in rs.values():
+            commits.setdefault(r.get("commit") or "unrecorded", set()).add(arm)
+    code = "; code at " + ", ".join(f"{c} ({', '.join(sorted(arms))})" for c, arms in commits.items())
     out = [f"runs from {starts[0]} to {ends[-1]}; {', '.join(map(str, cores))} cores; 1-min load average "
-           f"{min(loads):.1f}-{max(loads):.1f} at the runs' starts and ends" if loads else ""]
+           f"{min(loads):.1f}-{max(loads):.1f} at the runs' starts and ends{code}" if loads else ""]
     schedule = (f"; +promote arms: rungs {','.join(map(str, b['rungs']))} epochs, promote {b.get('promote')}, "
                 "that many seconds per rung") if b.get("rungs") else ""
     out.append(f"budget per run: {b.get('candidates')} candidates (min = max), {b.get('epochs')} epochs and "

@@ -187,9 +187,10 @@ def coder_node(state: CandidateState, runtime: Runtime[Context]) -> dict[str, An
     families = tuple(state["families"]) if state.get("families") else None
     spec, derived = None, None
     if ctx.generation == "random":
-        # The baseline ignores the planner's assignment: a draw depends only on the seed, the candidate's index
-        # and the families the task allows, so runs at any concurrency draw the same candidates.
-        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed, svc.task)
+        # The baseline ignores the planner's assignment: a draw depends only on the seed, the candidate's index,
+        # its repair round (a repair of a random candidate is a fresh draw) and the families the task allows, so
+        # runs at any concurrency draw the same candidates.
+        code, spec = _random_candidate(svc, state.get("index", state["round"]), ctx.seed, svc.task, repairs)
         if code is None:
             return {"stops": ["search_space_exhausted"]}
     elif ctx.models is None:
@@ -281,11 +282,13 @@ def _coder_call(generation: str, svc: RunServices, messages, families,
     return {"code": code, "spec": None}, raw, usage
 
 
-def _random_candidate(svc: RunServices, index: int, seed: int, task: Task) -> tuple[str | None, dict | None]:
-    """Sample specs until one is new to this run (bounded). Seeded by the candidate's index in the run, so a
-    resumed run draws the same ones, and so does a run with another concurrency."""
+def _random_candidate(svc: RunServices, index: int, seed: int, task: Task,
+                      repairs: int = 0) -> tuple[str | None, dict | None]:
+    """Sample specs until one is new to this run (bounded). Seeded by the candidate's index in the run and its
+    repair round, so a resumed run draws the same ones, and so does a run with another concurrency."""
     for attempt in range(50):
-        spec = archspec.sample(random.Random(f"{seed}:{index}:{attempt}"), task.families)
+        key = f"{seed}:{index}:{attempt}" if repairs == 0 else f"{seed}:{index}:redraw{repairs}:{attempt}"
+        spec = archspec.sample(random.Random(key), task.families)
         spec = archspec.frozen(spec) if task.frozen_encoders else spec
         code = archspec.render(spec)
         if svc.journal.find_by_hash(svc.run_id, normalized_code_hash(code)) is None:
@@ -348,7 +351,7 @@ def validator_node(state: CandidateState, runtime: Runtime[Context]) -> Command:
         svc.journal.update_candidate(cid, status=status, contract=report.model_dump(mode="json"), params=report.params)
         _emit(runtime, "candidate", candidate_id=cid, status=status,
               violations=[v.code for v in report.violations], params=report.params)
-    goto = after_validation(status, ctx.generation, repairs, ctx.max_repairs)
+    goto = after_validation(status, repairs, ctx.max_repairs)
     return Command(goto=END if goto == "done" else goto, update={"repairs": repairs + 1} if goto == "coder" else {})
 
 

@@ -29,12 +29,13 @@ def after_coder(state: CandidateState) -> Literal["validator", "__end__"]:
     return "__end__" if state.get("stops") else "validator"
 
 
-def after_validation(status: str, generation: str, repairs: int, max_repairs: int) -> Literal["coder", "trainer", "done"]:
-    """Valid code trains; invalid or duplicate LLM-written code goes back to the coder with its violations while
-    repair rounds remain; everything else (random-mode failures, repairs spent) ends the candidate's branch."""
+def after_validation(status: str, repairs: int, max_repairs: int) -> Literal["coder", "trainer", "done"]:
+    """Valid code trains; invalid or duplicate code goes back to the coder while repair rounds remain: an LLM
+    repairs it from its violations, random generation draws again (so both arms get the same validation attempts
+    per candidate); everything else (a failed probe run, repairs spent) ends the candidate's branch."""
     if status == "valid":
         return "trainer"
-    if status in ("invalid", "duplicate") and generation != "random" and repairs < max_repairs:
+    if status in ("invalid", "duplicate") and repairs < max_repairs:
         return "coder"  # a duplicate is never trained twice: the coder is asked for something new instead
     return "done"
 

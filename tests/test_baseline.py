@@ -117,3 +117,24 @@ def test_the_test_split_is_read_only_after_the_search_has_ended(tmp_path: Path, 
     assert {name for name, _ in reads} == {"image ids", "references", "sandboxed job"}, reads
     early = [(name, round(last_training - at, 1)) for name, at in reads if at <= last_training]
     assert not early, f"the test split was read before the search ended: {early}"
+
+
+def test_a_random_candidate_that_breaks_the_contract_is_drawn_again_within_the_repair_rounds(tmp_path: Path) -> None:
+    # The guided arms repair an invalid candidate from its violations (max_repairs rounds); the baseline gets the
+    # same rounds as fresh draws, so neither arm loses a candidate slot to a first draw the contract refuses.
+    # Seed 1 under 1.5M parameters: two draws over the budget, the third fits.
+    done = subprocess.run(
+        [sys.executable, "-m", "capnas", "run", "--generation", "random", "--dataset", "shapes:60", "--families",
+         "small_cnn,lstm,gru", "--max-candidates", "1", "--min-candidates", "1", "--epochs", "1", "--train-time-s",
+         "20", "--max-params", "1500000", "--max-latency-ms", "10000", "--seed", "1", "--threads", "1",
+         "--run-dir", str(tmp_path / "ws"), "--run-id", "r", "--json", "--no-report"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    journal = Journal(tmp_path / "ws" / "journal.sqlite")
+    [cand] = journal.candidates("r")
+    repairs = journal.events("r", "repair")
+    assert cand.status == "trained" and cand.params <= 1_500_000 and cand.metrics
+    assert cand.repairs == len(repairs) == 2  # max_repairs, the default: no more draws than an LLM gets repairs
+    for e in repairs:  # each redraw replaced a draw the contract refused for its size
+        assert "BUD-001" in {v["code"] for v in e["payload"]["contract"]["violations"]}
+    assert len({e["payload"]["previous_code"] for e in repairs} | {cand.code}) == 3  # three different draws

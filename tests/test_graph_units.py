@@ -14,18 +14,16 @@ from capnas.graph.context import Context
 from capnas.settings import RunSettings, SettingsError
 
 
-@pytest.mark.parametrize(("status", "generation", "repairs", "expected"), [
-    ("valid", "code", 0, "trainer"),
-    ("invalid", "code", 0, "coder"),
-    ("invalid", "code", 2, "done"),  # repair rounds spent: the branch ends
-    ("invalid", "spec", 1, "coder"),
-    ("invalid", "random", 0, "done"),  # no LLM to repair with
-    ("duplicate", "spec", 0, "coder"),  # never validated or trained twice: ask for something new
-    ("duplicate", "spec", 2, "done"),
-    ("duplicate", "random", 0, "done"),
+@pytest.mark.parametrize(("status", "repairs", "expected"), [
+    ("valid", 0, "trainer"),
+    ("invalid", 0, "coder"),  # an LLM repairs from the violations; random generation draws again
+    ("invalid", 1, "coder"),
+    ("invalid", 2, "done"),  # repair rounds spent: the branch ends (the same rounds for every generation)
+    ("duplicate", 0, "coder"),  # never validated or trained twice: ask for something new
+    ("duplicate", 2, "done"),
 ])
-def test_after_validation(status: str, generation: str, repairs: int, expected: str) -> None:
-    assert routing.after_validation(status, generation, repairs, max_repairs=2) == expected
+def test_after_validation(status: str, repairs: int, expected: str) -> None:
+    assert routing.after_validation(status, repairs, max_repairs=2) == expected
 
 
 def test_a_stop_reason_ends_the_run_after_any_step() -> None:
