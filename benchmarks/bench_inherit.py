@@ -129,10 +129,11 @@ def main() -> int:
 
     with CaptionEvaluator() as evaluator:
         print(f"parent: {parent_spec.describe()}, {args.parent_epochs} epoch(s)", flush=True)
-        parent, parent_curve = train("parent", parent_spec, args.parent_epochs)
+        parent, curve_or_error = train("parent", parent_spec, args.parent_epochs)
         if parent is None:
-            print(f"bench_inherit: the parent failed, so no child can be measured: {parent_curve}", file=sys.stderr)
+            print(f"bench_inherit: the parent failed, so no child can be measured: {curve_or_error}", file=sys.stderr)
             return 1
+        parent_curve = curve_or_error
         target = max(parent_curve)
         keep()
         for name, edits in CHILDREN:
@@ -140,11 +141,12 @@ def main() -> int:
             changed = ", ".join(f"{f} {a}->{b}" for f, a, b in diff(parent_spec, child_spec))
             print(f"child {name}: {changed}", flush=True)
             for start in ("inherited", "fresh"):
-                result, curve = train(f"{name}-{start}".replace(" ", "_").replace(">", ""), child_spec,
-                                      args.child_epochs, parent.best_weights if start == "inherited" else None)
+                result, curve_or_error = train(f"{name}-{start}".replace(" ", "_").replace(">", ""), child_spec,
+                                               args.child_epochs, parent.best_weights if start == "inherited" else None)
                 if result is None:
-                    rows.append({"child": name, "start": start, "error": curve, "target": target})
+                    rows.append({"child": name, "start": start, "error": curve_or_error, "target": target})
                 else:
+                    curve = curve_or_error
                     rows.append({"child": name, "start": start, "val_cider": curve, "target": target,
                                  "epochs_to_parent": reached(curve, target), "inherited": result.inherited,
                                  "train_s": [p.train_s for p in result.curve], "params": result.params})

@@ -287,6 +287,7 @@ def _random_candidate(svc: RunServices, index: int, seed: int, task: Task,
     """Sample specs until one is new to this run (bounded). Seeded by the candidate's index in the run and its
     repair round, so a resumed run draws the same ones, and so does a run with another concurrency."""
     for attempt in range(50):
+        # a first draw keeps the key it had before redraws existed, so earlier runs' candidates stay reproducible
         key = f"{seed}:{index}:{attempt}" if repairs == 0 else f"{seed}:{index}:redraw{repairs}:{attempt}"
         spec = archspec.sample(random.Random(key), task.families)
         spec = archspec.frozen(spec) if task.frozen_encoders else spec

@@ -32,7 +32,7 @@ def after_coder(state: CandidateState) -> Literal["validator", "__end__"]:
 def after_validation(status: str, repairs: int, max_repairs: int) -> Literal["coder", "trainer", "done"]:
     """Valid code trains; invalid or duplicate code goes back to the coder while repair rounds remain: an LLM
     repairs it from its violations, random generation draws again (so both arms get the same validation attempts
-    per candidate); everything else (a failed probe run, repairs spent) ends the candidate's branch."""
+    per candidate); once the repair rounds are spent the candidate's branch ends."""
     if status == "valid":
         return "trainer"
     if status in ("invalid", "duplicate") and repairs < max_repairs:

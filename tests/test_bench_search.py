@@ -160,7 +160,8 @@ def test_epoch_bound_recipes_give_both_schedules_the_same_epochs(recipe: str):
         alive, reached = math.floor(alive * r["promote"]), rung
     assert promoted == plain, f"{recipe}: {promoted} candidate-epochs promoted against {plain} plain"
     # and no candidate is cut by the clock: its seconds per rung are far above an epoch on 2 cores
-    assert r["train_time_s"] >= 600 and r["time_budget"] * 60 >= 4 * r["train_time_s"] / r["concurrency"]
+    assert r["train_time_s"] >= 600
+    assert r["time_budget"] * 60 >= r["candidates"] * r["train_time_s"] / r["concurrency"]
 
 
 def test_an_arm_names_the_parts_of_the_search_it_uses_and_switches_off_the_rest(tmp_path: Path):
