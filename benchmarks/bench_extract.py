@@ -40,12 +40,16 @@ def main() -> int:
 
     from capnas.sandbox import Job, Limits, run_sandboxed
     from capnas.sandbox.job import CANDIDATE_FILE
-    from capnas.settings import RunSettings
+    from capnas.settings import RunSettings, SettingsError
     from capnas.tools.data.datasets import task_data
     from capnas.tools.data.features import SPLITS, extractor_code
 
-    settings = RunSettings.load(None, {"dataset": args.dataset, "image_size": args.image_size,
-                                       "frozen_encoders": True, "families": ["efficientnet_lite0", "gru"]})
+    try:
+        settings = RunSettings.load(None, {"dataset": args.dataset, "image_size": args.image_size,
+                                           "frozen_encoders": True, "families": ["efficientnet_lite0", "gru"]})
+    except SettingsError as err:
+        print(f"bench_extract: {err}", file=sys.stderr)
+        return 2
     dataset, prepared = task_data(settings.task())
     images = sum(prepared.split_sizes[s] for s in SPLITS)
     rates: dict[str, list[float]] = {name: [] for name, _ in LAYOUTS}

@@ -59,7 +59,7 @@ def main() -> int:
 
     from bench_search import flickr8k_json
 
-    from capnas.settings import RunSettings
+    from capnas.settings import RunSettings, SettingsError
     from capnas.tools.data.datasets import task_data
     from capnas.tools.data.features import ensure_features
     from capnas.tools.data.progress import progress_line
@@ -71,9 +71,13 @@ def main() -> int:
     from capnas.tools.scoring.metrics import CaptionEvaluator
 
     dataset_path = args.dataset or flickr8k_json()
-    settings = RunSettings.load(None, {"dataset": dataset_path, "image_size": 224, "max_len": 20, "min_count": 5,
-                                       "frozen_encoders": True, "families": ["efficientnet_lite0", args.decoder],
-                                       "device": args.device})
+    try:
+        settings = RunSettings.load(None, {"dataset": dataset_path, "image_size": 224, "max_len": 20, "min_count": 5,
+                                           "frozen_encoders": True, "families": ["efficientnet_lite0", args.decoder],
+                                           "device": args.device})
+    except SettingsError as err:
+        print(f"bench_inherit: {err}", file=sys.stderr)
+        return 2
     task = settings.task()
     t0 = time.monotonic()
     show = lambda e: print("  " + progress_line(e), flush=True)  # noqa: E731
